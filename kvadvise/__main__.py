@@ -1,0 +1,3 @@
+from kvadvise.cli import main
+
+main()

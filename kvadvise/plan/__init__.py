@@ -1,0 +1,1 @@
+"""Pure planning arithmetic: KV pages, budgets, capacity, pipeline splits. Never imports torch."""

@@ -1,0 +1,1 @@
+"""Rendering: rich tables, JSON documents, markdown. The only place bytes become "GiB"."""
