@@ -1,0 +1,57 @@
+"""The CLI skeleton: every command has --help, --help imports neither torch nor transformers, exit codes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from kvadvise.cli import app
+
+COMMANDS = ["profile", "estimate", "capacity", "pp-split", "check", "gpus"]
+runner = CliRunner()
+
+
+def test_root_help_lists_every_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_command_help(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--json" in result.output or command == "gpus"
+
+
+@pytest.mark.parametrize("argv", [["--help"]] + [[c, "--help"] for c in COMMANDS])
+def test_help_does_not_import_torch(argv):
+    code = ("import sys; sys.argv = ['kvadvise'] + %r\n"
+            "from kvadvise.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'pynvml') if m in sys.modules]\n"
+            "sys.stderr.write('HEAVY=' + ','.join(heavy))\n") % (argv,)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "HEAVY=" in done.stderr, done.stderr
+    assert done.stderr.rsplit("HEAVY=", 1)[1].strip() == ""
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.startswith("kvadvise ")
+
+
+def test_python_dash_m():
+    done = subprocess.run([sys.executable, "-m", "kvadvise", "--version"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0
+    assert done.stdout.startswith("kvadvise ")
+
+
+def test_unknown_command_is_bad_input():
+    result = runner.invoke(app, ["no-such-command"])
+    assert result.exit_code == 2

@@ -1,0 +1,45 @@
+"""The JSON contract's machinery: the envelope, atomic writes, the schema validator itself."""
+
+import json
+import os
+
+import pytest
+
+from kvadvise.report.common import make_document, write_json_atomic
+from kvadvise.report.schema import validate
+
+
+def test_envelope_validates():
+    document = make_document("capacity", {"model": "x"}, {"kv_cache": {}}, ["careful"])
+    assert list(document)[:4] == ["schema_version", "kvadvise_version", "command", "inputs"]
+    assert document["warnings"] == ["careful"]
+    assert validate(document, {"$ref": "common.json#/$defs/envelope"}, file_name="common.json") == []
+
+
+def test_validator_finds_problems():
+    schema = {"type": "object", "required": ["a", "b"], "additionalProperties": False,
+              "properties": {"a": {"type": "integer", "minimum": 0}, "b": {"type": ["string", "null"]},
+                             "c": {"type": "array", "items": {"enum": [1, 2]}}}}
+    assert validate({"a": 1, "b": None}, schema) == []
+    problems = validate({"a": -1, "c": [1, 3], "d": True}, schema)
+    assert "$: missing required key 'b'" in problems
+    assert "$.a: -1 below minimum 0" in problems
+    assert "$.c[1]: 3 not one of [1, 2]" in problems
+    assert "$: unexpected key 'd'" in problems
+    assert validate({"a": True, "b": "x"}, schema) == ["$.a: expected integer, got bool"]
+
+
+def test_write_json_atomic(tmp_path):
+    target = tmp_path / "sub" / "report.json"
+    write_json_atomic(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert os.listdir(target.parent) == ["report.json"]
+
+
+def test_write_json_atomic_leaves_old_file_on_failure(tmp_path):
+    target = tmp_path / "report.json"
+    write_json_atomic(target, {"a": 1})
+    with pytest.raises(ValueError):
+        write_json_atomic(target, {"a": float("nan")})  # allow_nan=False: refused before the rename
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert os.listdir(tmp_path) == ["report.json"]
