@@ -36,12 +36,12 @@ def parse_bytes(text: str | int, *, what: str = "size") -> int:
             raise InputError(f"{what}: unknown unit {unit!r} in {text!r}",
                              hint="units: k m g t (decimal), K M G T (binary), KB MB GB TB, KiB MiB GiB TiB")
         if "." in number:
-            # Fractions are exact in integer arithmetic: 0.5TiB is 2**39, not a float's rounding of it.
-            whole, _, fraction = number.partition(".")
-            scaled = int(whole or "0") * factor + int(fraction) * factor // 10 ** len(fraction)
-            if int(fraction) * factor % 10 ** len(fraction):
+            if factor == 1:
                 raise InputError(f"{what}: {text!r} is not a whole number of bytes")
-            value = scaled
+            # Integer arithmetic, rounded down to a whole byte: 0.5TiB is exactly 2**39, and a figure
+            # copied from a vLLM log (44.59GiB) is the largest byte count not above it.
+            whole, _, fraction = number.partition(".")
+            value = int(whole or "0") * factor + int(fraction) * factor // 10 ** len(fraction)
         else:
             value = int(number) * factor
     if value <= 0:

@@ -19,6 +19,8 @@ from kvadvise.units import parse_bytes, parse_bytes_list
     ("80GB", 80 * 10**9),
     ("0.5TiB", 2**39),
     ("1.5GiB", 3 * 2**29),
+    ("44.59GiB", 47878147932),    # 44.59 * 2**30 = 47878147932.16, rounded down to whole bytes
+    ("1.5k", 1500),
     (" 24 GiB ", 24 * 2**30),
     ("100B", 100),
     (7, 7),

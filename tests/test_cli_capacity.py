@@ -1,0 +1,233 @@
+"""`kvadvise capacity`: the JSON contract, tables, CI gates, bad input, and speed (no torch on this path)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kvadvise.cli import app
+from kvadvise.report.schema import validate
+
+CONFIGS = Path(__file__).parent / "data" / "kv_configs"
+LLAMA = str(CONFIGS / "meta-llama__Llama-3.1-8B.json")
+QWEN3_NEXT = str(CONFIGS / "Qwen__Qwen3-Next-80B-A3B-Thinking.json")
+GIB = 1 << 30
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, ["capacity", *args])
+
+
+def run_json(*args: str) -> dict:
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert validate(document, "capacity") == []
+    return document
+
+
+def test_json_worked_example_llama_3_1_8b():
+    # 53.29 GiB as vLLM would hold it: 27,284 blocks * 2 MiB lies inside [53.285, 53.295) GiB
+    document = run_json(LLAMA, "--kv-cache-memory-bytes", str(27284 * 2 * (1 << 20)), "--vllm-version", "0.11")
+    kv = document["kv_cache"]
+    assert document["command"] == "capacity"
+    assert document["inputs"]["kv_cache_memory_bytes"] == 27284 * 2 * (1 << 20)
+    assert kv["bytes_per_token"] == 131072                # 32 layers * 2 * 8 * 128 * 2
+    assert kv["bytes_per_token_by_kind"] == {"full_attention": 131072}
+    assert kv["page_size_bytes"] == 65536
+    assert kv["block_size"] == 16
+    assert kv["num_blocks"] == 27284
+    assert kv["tokens"] == 436544
+    assert f"{kv['max_concurrency']:.2f}" == "3.33"
+    assert kv["max_model_len"] == 131072
+    assert kv["fits_one_request"] is True and kv["largest_fitting_model_len"] is None
+    assert kv["vllm_version"] == "0.11" and "0.11" in kv["rules"]
+    assert document["model"]["num_layers"] == 32
+    assert document["warnings"] == []
+
+
+def test_json_hybrid_case04():
+    document = run_json(QWEN3_NEXT, "--kv-cache-memory-bytes", "47878721024", "--tensor-parallel-size", "2",
+                        "--vllm-version", "0.10.2")
+    kv = document["kv_cache"]
+    assert (kv["block_size"], kv["page_size_bytes"], kv["num_blocks"], kv["tokens"]) == (544, 557056, 7162, 973760)
+    assert f"{kv['max_concurrency']:.2f}" == "14.77"
+    assert kv["mamba_state_bytes_per_request"] == 36 * 548864
+    assert sorted(g["kind"] for g in kv["groups"]) == ["full_attention", "mamba", "mamba", "mamba"]
+    assert any("padded" in note for note in kv["notes"])
+
+
+def test_default_rules_are_newest_and_byte_units(tmp_path):
+    document = run_json(LLAMA, "--kv-cache-memory-bytes", "16GiB", "--max-model-len", "20000")
+    kv = document["kv_cache"]
+    # 16 GiB / 2 MiB = 8192 blocks; per request cdiv(20000, 16) = 1250 -> 6.5536x; 0.33: int(6.5536 * 20000)
+    assert kv["vllm_version"] == "0.33"
+    assert kv["num_blocks"] == 8192
+    assert kv["tokens"] == 131072
+    short = ("--max-model-len", "20000")
+    assert run_json(LLAMA, "--kv-cache-memory-bytes", "16G", *short)["kv_cache"]["num_blocks"] == 8192
+    # 16g is decimal, as vLLM reads it: 16,000,000,000 // 2 MiB = 7,629
+    assert run_json(LLAMA, "--kv-cache-memory-bytes", "16g", *short)["kv_cache"]["num_blocks"] == 7629
+
+
+def test_options_reach_the_layout():
+    kv = run_json(LLAMA, "--kv-cache-memory-bytes", "8GiB", "--tensor-parallel-size", "2", "--kv-cache-dtype",
+                  "fp8", "--block-size", "32", "--vllm-version", "0.12")["kv_cache"]
+    # 4 kv heads per rank, 1-byte KV, block 32: page 2 * 32 * 4 * 128 * 1 = 32,768; 8 GiB / (32,768 * 32) = 8192
+    assert (kv["kv_heads_per_rank"], kv["kv_cache_dtype"], kv["page_size_bytes"]) == (4, "fp8", 32768)
+    assert kv["num_blocks"] == 8192 and kv["tokens"] == 8192 * 32
+
+
+def test_sliding_window_default_batched_tokens_is_a_warning():
+    config = str(CONFIGS / "openai__gpt-oss-120b.json")
+    result = run(config, "--kv-cache-memory-bytes", "40GiB", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert any("max-num-batched-tokens" in w for w in document["warnings"])
+    assert "warning:" in result.stderr
+    quiet = run_json(config, "--kv-cache-memory-bytes", "40GiB", "--max-num-batched-tokens", "2048")
+    assert quiet["warnings"] == [] and quiet["kv_cache"]["max_num_batched_tokens"] == 2048
+
+
+def test_human_output_has_the_numbers():
+    result = run(LLAMA, "--kv-cache-memory-bytes", str(27284 * 2 * (1 << 20)), "--vllm-version", "0.11")
+    assert result.exit_code == 0, result.output
+    for text in ("131,072", "65,536", "27,284", "436,544", "3.33x", "53.29 GiB", "0.11"):
+        assert text in result.stdout
+
+
+def test_output_file_is_written(tmp_path):
+    target = tmp_path / "capacity.json"
+    result = run(LLAMA, "--kv-cache-memory-bytes", "16GiB", "--output", str(target))
+    assert result.exit_code == 0, result.output
+    document = json.loads(target.read_text())
+    assert validate(document, "capacity") == []
+    assert document["kv_cache"]["num_blocks"] == 8192
+
+
+def test_request_that_does_not_fit_exits_2_with_the_largest_fitting_len(tmp_path):
+    target = tmp_path / "r.json"
+    result = run(LLAMA, "--kv-cache-memory-bytes", "1GiB", "--json", "--output", str(target))
+    assert result.exit_code == 2
+    document = json.loads(result.stdout)
+    assert validate(document, "capacity") == []
+    kv = document["kv_cache"]
+    # 1 GiB / 2 MiB = 512 blocks = 8,192 tokens: the longest request that fits
+    assert kv["fits_one_request"] is False and kv["largest_fitting_model_len"] == 8192
+    assert json.loads(target.read_text())["kv_cache"]["num_blocks"] == 512
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("error: ") and "refuse to start" in lines[0]
+    assert lines[1].startswith("hint: --max-model-len 8192")
+    assert str(16 * GIB) in lines[1]                       # 8192 blocks * 2 MiB for one full-length request
+    human = run(LLAMA, "--kv-cache-memory-bytes", "1GiB")
+    assert human.exit_code == 2 and "max model len that fits" in human.stdout
+
+
+@pytest.mark.parametrize("gate, value, code", [("--min-tokens", "436544", 0), ("--min-tokens", "436545", 4),
+                                               ("--min-concurrency", "3.33", 0), ("--min-concurrency", "3.34", 4)])
+def test_ci_gates(gate, value, code, tmp_path):
+    target = tmp_path / "g.json"
+    result = run(LLAMA, "--kv-cache-memory-bytes", str(27284 * 2 * (1 << 20)), "--vllm-version", "0.11", gate, value,
+                 "--json", "--output", str(target))
+    assert result.exit_code == code, result.output
+    document = json.loads(target.read_text())
+    assert validate(document, "capacity") == []
+    assert document["gates"][0]["passed"] is (code == 0)
+    if code:
+        assert result.stderr.strip().splitlines()[-1].startswith("error: CI gate failed")
+
+
+def _bad_inputs(tmp_path: Path):
+    directory = tmp_path / "empty"
+    directory.mkdir()
+    malformed = tmp_path / "bad.json"
+    malformed.write_text("{not json")
+    no_layers = tmp_path / "nolayers.json"
+    no_layers.write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                                     "hidden_size": 4096, "num_attention_heads": 32, "vocab_size": 1000}))
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"architectures": ["FrobnicatorForCausalLM"], "model_type": "frobnicator",
+                                   "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4}))
+    budget = ["--kv-cache-memory-bytes", "16GiB"]
+    return {
+        "missing path": [str(tmp_path / "nope.json"), *budget],
+        "directory without config": [str(directory), *budget],
+        "malformed json": [str(malformed), *budget],
+        "config without layer count": [str(no_layers), *budget],
+        "unknown architecture": [str(unknown), *budget],
+        "no budget": [LLAMA],
+        "zero budget": [LLAMA, "--kv-cache-memory-bytes", "0"],
+        "negative budget": [LLAMA, "--kv-cache-memory-bytes", "-5"],
+        "garbage budget": [LLAMA, "--kv-cache-memory-bytes", "lots"],
+        "unknown unit": [LLAMA, "--kv-cache-memory-bytes", "12XB"],
+        "unknown kv dtype": [LLAMA, *budget, "--kv-cache-dtype", "int3"],
+        "tp does not divide heads": [LLAMA, *budget, "--tensor-parallel-size", "3"],
+        "tp garbage": [LLAMA, *budget, "--tensor-parallel-size", "two"],
+        "tp zero": [LLAMA, *budget, "--tensor-parallel-size", "0"],
+        "block size zero": [LLAMA, *budget, "--block-size", "0"],
+        "max model len garbage": [LLAMA, *budget, "--max-model-len", "1e5"],
+        "unknown vllm version": [LLAMA, *budget, "--vllm-version", "0.9"],
+        "negative gate": [LLAMA, *budget, "--min-tokens", "-1"],
+    }
+
+
+BAD_NAMES = ["missing path", "directory without config", "malformed json", "config without layer count",
+             "unknown architecture", "no budget", "zero budget", "negative budget", "garbage budget", "unknown unit",
+             "unknown kv dtype", "tp does not divide heads", "tp garbage", "tp zero", "block size zero",
+             "max model len garbage", "unknown vllm version", "negative gate"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_bad_input_is_exit_2_one_line_no_traceback(name, json_mode, tmp_path):
+    args = _bad_inputs(tmp_path)[name] + (["--json"] if json_mode else [])
+    result = run(*args)
+    assert result.exit_code == 2, (name, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[0].startswith("error: "), (name, result.stderr)
+    assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("hint: ")), (name, result.stderr)
+    assert "Traceback" not in result.output and result.stdout == ""
+
+
+def test_fast_and_no_torch_in_a_subprocess():
+    """Arithmetic only: answers in < 0.5 s and never imports torch or transformers.
+
+    Timed as the child's CPU time (user + sys, best of three), which scheduling on the suite's two busy
+    cores does not inflate; importing torch alone costs more than 1 s of CPU here.
+    """
+    code = ("import sys\nsys.argv = ['kvadvise', 'capacity', %r, '--kv-cache-memory-bytes', '40GiB', '--json']\n"
+            "from kvadvise.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exit:\n    code = exit.code\n"
+            "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+            "sys.stderr.write('HEAVY=' + ','.join(heavy))\n") % LLAMA
+    cpu_seconds, wall_seconds = [], []
+    for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        wall_seconds.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_seconds.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        assert json.loads(done.stdout)["kv_cache"]["num_blocks"] == 20480, done.stderr
+        assert done.stderr.rsplit("HEAVY=", 1)[1].strip() == ""
+    assert min(cpu_seconds) < 0.5, (cpu_seconds, wall_seconds)
+
+
+def test_mamba_cache_mode_option():
+    base = (QWEN3_NEXT, "--kv-cache-memory-bytes", "47878721024", "--tensor-parallel-size", "2")
+    document = run_json(*base, "--mamba-cache-mode", "align")
+    assert document["inputs"]["mamba_cache_mode"] == "align"
+    assert document["kv_cache"]["blocks_per_request"] == 482 + 3 * 2
+    assert run(*base, "--mamba-cache-mode", "all").exit_code == 2
+    default = run_json(*base)                                # 0.33: align by default, and said so
+    assert default["inputs"]["mamba_cache_mode"] is None
+    assert default["kv_cache"]["mamba_cache_mode"] == "align"
+    assert any("align" in warning for warning in default["warnings"])
