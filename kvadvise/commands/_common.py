@@ -51,9 +51,11 @@ def stderr_console():
 
 
 def stdout_console():
+    """Rich console for the report; piped output gets 140 columns so wide tables keep their figures."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "140"))
+    return Console(highlight=False, width=width)
 
 
 def print_error(error: KvadviseError) -> None:
