@@ -1,0 +1,287 @@
+"""Recomputing a vLLM start-up's budgets and naming its faults, on real logs and hand-built lines.
+
+Real logs: tests/data/logs (sources in its README). Hand-built lines are marked as such; their expected
+bytes are worked out in the test from the formula of ../shared/reference/vllm-accounting.md section 2,
+independently of kvadvise.plan.advice.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from kvadvise.check.findings import ByteRange, check_startup, rules_for
+from kvadvise.check.parser import GIB, Size, parse_log, parse_text
+from kvadvise.errors import InputError
+from kvadvise.model.spec import load_model_spec
+
+LOGS = Path(__file__).parent / "data" / "logs"
+CONFIGS = Path(__file__).parent / "data" / "configs"
+MIB_150 = 150 * (1 << 20)
+
+
+def check(name: str, **kwargs):
+    return check_startup(parse_log(LOGS / name), **kwargs)
+
+
+def codes(result) -> list[tuple[str, str]]:
+    return sorted((f.code, f.severity) for f in result.findings)
+
+
+def gib(text: str) -> Fraction:
+    return Fraction(text) * GIB
+
+
+# ---- the suggestion line agrees -----------------------------------------------------------------
+
+def test_gemma3_4b_reference_log():
+    """The log that started the project (built from the reference's figures, see tests/data/logs/README.md)."""
+    result = check("gemma3-4b-suggestion.log")
+    assert result.findings == ()
+    rank = result.ranks[0]
+    assert rank.recomputed_fit.contains(151519866880) and rank.recomputed_full.contains(169914314752)
+    # by hand, from the printed figures' centres: int(178.36 GiB x 0.9) - 19.26 GiB - 150 MiB
+    by_hand_fit = int(gib("178.36") * Fraction(9, 10)) - gib("19.26") - MIB_150
+    by_hand_full = gib("177.66") - gib("19.26") - MIB_150
+    assert rank.recomputed_fit.contains(int(by_hand_fit)) and rank.recomputed_full.contains(int(by_hand_full))
+    # the interval is the figures' rounding: five figures at +-0.005 GiB, no looser
+    assert rank.recomputed_fit.high - rank.recomputed_fit.low <= 5 * GIB // 100
+    assert (result.suggested_fit_bytes, result.suggested_full_bytes) == (151519866880, 169914314752)
+    assert result.recommended_kv_cache_memory_bytes == 151519866880  # vLLM's exact figure, since it agrees
+    assert not result.has_errors
+
+
+def test_qwen3_next_h200_case04():
+    result = check("case04.log")
+    assert result.findings == ()
+    assert result.vllm_rules == "0.10.2"  # the log prints no version; the 0.10.2 wording says which
+    rank = result.ranks[0]
+    assert rank.recomputed_fit.contains(45175492096) and rank.recomputed_full.contains(59540753920)
+    assert rank.budget == ByteRange.of(Size("44.59"))
+    assert result.recommended_kv_cache_memory_bytes == 45175492096
+
+
+def test_qwen3_235b_tp4_four_identical_ranks():
+    result = check("qwen3-235b-tp4.log")
+    assert result.findings == ()
+    assert len(result.ranks) == 4 and result.bottleneck_rank is None
+    assert all(r.recomputed_fit.contains(29407858586) and r.recomputed_full.contains(38581581312)
+               for r in result.ranks)
+    assert result.recommended_kv_cache_memory_bytes == 29407858586
+
+
+# ---- graph memory counted twice -----------------------------------------------------------------
+
+def test_gb300_peak_activation_holds_the_graph_estimate():
+    """Real GB300 log: KV in use = requested - consumed - activation, so the 36.74 GiB activation holds the
+    33.06 GiB estimate, and the suggestion subtracts the 8.57 GiB pool on top (vLLM issue #57936)."""
+    result = check("gb300-decode-graph-estimate.log")
+    assert codes(result) == [("graph_counted_twice", "error"), ("graph_estimate_off", "warning")]
+    rank = result.ranks[0]
+    assert rank.recomputed_fit.contains(40574291354)  # vLLM's arithmetic on its own terms is consistent ...
+    # ... but the right figure is vLLM's own plus the estimate it subtracted twice (a second route)
+    assert rank.corrected_fit.contains(40574291354 + Size("33.06").bytes)
+    assert rank.corrected_full.contains(61814666240 + Size("33.06").bytes)
+    # and by hand: 254.49 - 171.25 - (36.74 - 33.06) - 8.57 GiB - 150 MiB
+    assert rank.corrected_fit.contains(int(gib("254.49") - gib("171.25") - gib("3.68") - gib("8.57") - MIB_150))
+    assert result.recommended_kv_cache_memory_bytes == rank.corrected_fit.low
+    estimate = next(f for f in result.findings if f.code == "graph_estimate_off")
+    assert "3.9x" in estimate.message and "24.49 GiB" in estimate.message
+    assert result.has_errors
+
+
+def test_glm_tp3_ranks_differ_and_graphs_twice():
+    result = check("glm53-tp3-ranks.log")
+    found = codes(result)
+    assert found.count(("graph_counted_twice", "error")) == 3
+    assert ("rank_budgets_differ", "warning") in found and ("other_process_memory", "warning") in found
+    differ = next(f for f in result.findings if f.code == "rank_budgets_differ")
+    assert differ.rank == "Worker_TP1_EP1" and "17.73 GiB" in differ.message and "18.04 GiB" in differ.message
+    others = [f for f in result.findings if f.code == "other_process_memory"]
+    assert len(others) == 1 and "Worker_TP1_EP1 3.52 GiB" in others[0].message  # 94.97 - 91.45
+    tp1 = next(r for r in result.ranks if r.rank.label == "Worker_TP1_EP1")
+    # TP1 printed no estimate of its own: TP0's 0.38 GiB is used, and the message says so
+    borrowed = next(f for f in result.findings if f.code == "graph_counted_twice" and f.rank == "Worker_TP1_EP1")
+    assert "that Worker_TP0_EP0 printed" in borrowed.message
+    assert tp1.corrected_fit.contains(18609223762 + Size("0.38").bytes)
+    assert result.bottleneck_rank == "Worker_TP1_EP1"
+    assert result.recommended_kv_cache_memory_bytes == tp1.corrected_fit.low
+
+
+# Hand-built (not from a log): an 80 GiB card, free 79.5, util 0.9; weights 10, activation 2, non-torch 0.5,
+# graphs 1 GiB. fit = int(80 GiB x 0.9) - 13.5 GiB - 150 MiB = 77309411328 - 14495514624 - 157286400.
+RIGHT_FIT = 77309411328 - 14495514624 - MIB_150          # 62656610304
+RIGHT_FULL = int(gib("79.5")) - 14495514624 - MIB_150     # 70709673984
+
+
+def suggestion_line(fit: int, full: int, weights: str = "10.0") -> str:
+    return ("(Worker_TP0 pid=1) INFO 01-01 00:00:00 [gpu_worker.py:391] Free memory on device (79.5/80.0 GiB) on "
+            "startup. Desired GPU memory utilization is (0.9, 72.0 GiB). Actual usage is "
+            f"{weights} GiB for weight, 2.0 GiB for peak activation, 0.5 GiB for non-torch memory, and 1.0 GiB for "
+            f"CUDAGraph memory. Replace gpu_memory_utilization config with `--kv-cache-memory={fit}` to fit into "
+            f"requested memory, or `--kv-cache-memory={full}` to fully utilize gpu memory.\n")
+
+
+def test_hand_built_suggestion_agrees():
+    assert (RIGHT_FIT, RIGHT_FULL) == (62656610304, 70709673984)
+    result = check_startup(parse_text(suggestion_line(RIGHT_FIT, RIGHT_FULL)))
+    assert result.findings == ()
+
+
+def test_suggestion_that_subtracts_the_graphs_twice():
+    printed_fit = RIGHT_FIT - GIB  # the 1 GiB of graphs taken off a second time
+    result = check_startup(parse_text(suggestion_line(printed_fit, RIGHT_FULL)))
+    assert codes(result) == [("graph_counted_twice", "error")]
+    assert "'fit'" in result.findings[0].message
+    assert result.ranks[0].corrected_fit.contains(RIGHT_FIT)
+    assert result.recommended_kv_cache_memory_bytes <= RIGHT_FIT
+
+
+def test_suggestion_off_by_something_else():
+    result = check_startup(parse_text(suggestion_line(RIGHT_FIT + 3 * GIB, RIGHT_FULL)))
+    assert codes(result) == [("suggestion_mismatch", "error")]
+    assert "3.00 GiB" in result.findings[0].message
+
+
+# ---- negative budgets, failures ------------------------------------------------------------------
+
+def test_negative_budget_v0_case18():
+    result = check("case18.log")
+    assert codes(result) == [("negative_budget", "error")]  # once, though blocks are 0 and concurrency 0.00x too
+    assert "-1.05 GiB" in result.findings[0].message
+
+
+def test_negative_budget_v1_case28():
+    assert codes(check("case28.log")) == [("negative_budget", "error")]
+
+
+def test_negative_suggestion_hand_built():
+    # weights 70 GiB: fit = 77309411328 - 73.5 GiB - 150 MiB < 0; full = 79.5 GiB - 73.5 GiB - 150 MiB
+    fit = 77309411328 - int(gib("73.5")) - MIB_150
+    full = int(gib("79.5")) - int(gib("73.5")) - MIB_150
+    assert fit == -1767899136
+    result = check_startup(parse_text(suggestion_line(fit, full, weights="70.0")))
+    assert codes(result) == [("negative_budget", "error")]
+
+
+def test_max_model_len_errors():
+    case16 = check("case16.log")
+    assert codes(case16) == [("max_model_len_too_long", "error")]
+    assert "221,000" in case16.findings[0].message and "122,080" in case16.findings[0].message
+    case20 = check("case20.log")
+    assert codes(case20) == [("max_model_len_too_long", "error")]
+    assert "81,536" in case20.findings[0].message
+
+
+def test_engine_failed_case29():
+    assert codes(check("case29.log")) == [("engine_failed", "error")]
+
+
+# ---- graph estimates, stages -----------------------------------------------------------------------
+
+def test_graph_estimate_below_the_actual_pool():
+    text = ("(Worker_TP0 pid=1) INFO 01-01 00:00:00 [gpu_model_runner.py:1] Estimated CUDA graph memory: 0.50 GiB total\n"
+            "(Worker_TP0 pid=1) INFO 01-01 00:00:09 [gpu_worker.py:1] CUDA graph pool memory: 1.20 GiB (actual), "
+            "0.50 GiB (estimated), difference: 0.70 GiB (58.3%).\n")
+    result = check_startup(parse_text(text))
+    assert codes(result) == [("graph_estimate_off", "warning")]
+    assert "2.4x the 0.50 GiB estimate" in result.findings[0].message
+
+
+def test_graph_estimate_within_one_and_a_half():
+    text = ("(Worker_TP0 pid=1) INFO 01-01 00:00:09 [gpu_worker.py:1] CUDA graph pool memory: 0.24 GiB (actual), "
+            "0.35 GiB (estimated), difference: 0.11 GiB.\n")
+    assert check_startup(parse_text(text)).findings == ()
+
+
+def test_pipeline_stages_with_different_budgets():
+    text = ("(Worker_PP0 pid=611) INFO 01-01 00:00:00 [gpu_worker.py:563] Available KV cache memory: 6.92 GiB\n"
+            "(Worker_PP1 pid=612) INFO 01-01 00:00:00 [gpu_worker.py:563] Available KV cache memory: 12.00 GiB\n")
+    result = check_startup(parse_text(text))
+    assert codes(result) == [("rank_budgets_differ", "warning")]
+    assert result.findings[0].rank == "Worker_PP0"
+    assert "pipeline stages" in result.findings[0].message and "pp-split" in result.findings[0].message
+
+
+def test_equal_budgets_within_rounding_are_no_finding():
+    text = ("(Worker_TP0 pid=1) INFO 01-01 00:00:00 [gpu_worker.py:1] Available KV cache memory: 6.92 GiB\n"
+            "(Worker_TP1 pid=2) INFO 01-01 00:00:00 [gpu_worker.py:1] Available KV cache memory: 6.92 GiB\n")
+    assert check_startup(parse_text(text)).findings == ()
+
+
+# ---- V0 logs ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["case01", "case02", "case03", "case05", "case06", "case12", "case14", "case34"])
+def test_v0_budget_arithmetic_holds_in_real_logs(case):
+    assert "budget_arithmetic_mismatch" not in [f.code for f in check(f"{case}.log").findings]
+
+
+def test_v0_budget_arithmetic_mismatch():
+    text = (LOGS / "case01.log").read_text().replace("KV Cache is 45.21GiB", "KV Cache is 40.00GiB")
+    assert codes(check_startup(parse_text(text))) == [("budget_arithmetic_mismatch", "warning")]
+
+
+def test_v0_fit_recomputed_with_the_suggestion_formula():
+    result = check("case01.log")
+    # by hand: int(79.15 GiB x 0.70) - (8.63 + 1.16 + 0.09 + 1.12 GiB of graphs) - 150 MiB
+    by_hand = int(gib("79.15") * Fraction(7, 10)) - int(gib("11.00")) - MIB_150
+    assert result.recomputed_fit.contains(by_hand)
+    assert result.recomputed_full is None  # V0 prints no free memory at start
+    assert result.suggested_fit_bytes is None
+
+
+# ---- KV tokens against the model's config ----------------------------------------------------------
+
+def test_case04_tokens_from_the_qwen3_next_config():
+    """The case is Qwen3-Next-80B-A3B-Instruct; the Thinking model's config (tests/data/configs) has the same
+    layers, heads and linear-attention state. TP 2 is read from the Worker_TP1 prefix."""
+    spec = load_model_spec(str(CONFIGS / "Qwen__Qwen3-Next-80B-A3B-Thinking.json"))
+    result = check("case04.log", spec=spec)
+    kv = result.kv
+    assert kv.agrees and kv.logged_tokens == 973760
+    assert kv.tokens[0] <= 973760 <= kv.tokens[1]
+    assert kv.num_blocks[0] <= 7162 <= kv.num_blocks[1]
+    assert kv.max_concurrency[0] - 0.005 <= 14.77 <= kv.max_concurrency[1] + 0.005
+    assert any("TP1" in note for note in kv.notes)
+    assert "kv_tokens_mismatch" not in [f.code for f in result.findings]
+    # the same budget under the newer rules (tokens = concurrency x max_model_len) disagrees: a finding
+    newer = check("case04.log", spec=spec, vllm_version="0.33")
+    assert [f.code for f in newer.findings] == ["kv_tokens_mismatch"]
+
+
+def test_case14_llama2_blocks_from_the_config():
+    spec = load_model_spec(str(CONFIGS / "meta-llama__Llama-2-7b-hf.json"))
+    kv = check("case14.log", spec=spec).kv
+    assert kv.agrees and kv.num_blocks[0] <= 7191 <= kv.num_blocks[1]  # README: 7,190-7,191 blocks
+
+
+def test_case08_llama31_blocks_and_concurrency():
+    spec = load_model_spec(str(CONFIGS / "meta-llama__Llama-3.1-8B.json"))
+    kv = check("case08.log", spec=spec).kv
+    assert kv.agrees and kv.num_blocks == (1948, 1953)  # README: 3.81 GiB -> 1,948-1,953 blocks; log 1,952
+
+
+# ---- rules and errors ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version, rules", [("0.7.2", "0.10.2"), ("0.10.2", "0.10.2"), ("0.11.0", "0.11"),
+                                            ("0.12.0", "0.12"), ("0.19.0", "0.33"), ("0.7.3.dev233+gad5a35c2",
+                                                                                     "0.10.2")])
+def test_rules_follow_the_printed_version(version, rules):
+    text = (f"INFO 01-01 00:00:00 [core.py:1] Initializing a V1 LLM engine (v{version}) with config: model='m'\n"
+            "INFO 01-01 00:00:01 [gpu_worker.py:1] Available KV cache memory: 1.00 GiB\n")
+    startup = parse_text(text).startups[0]
+    assert rules_for(startup) == (rules, None)
+
+
+def test_no_startup_is_input_error():
+    with pytest.raises(InputError, match="no vLLM start-up lines"):
+        check_startup(parse_text("hello\nworld\n"))
+
+
+def test_data_parallel_engines_are_not_compared():
+    """Each DP engine sizes its own KV cache: different budgets across DP ranks are no fault (hand-built)."""
+    text = ("(EngineCore_DP0 pid=1) INFO 01-01 00:00:00 [gpu_worker.py:1] Available KV cache memory: 6.92 GiB\n"
+            "(EngineCore_DP1 pid=2) INFO 01-01 00:00:00 [gpu_worker.py:1] Available KV cache memory: 12.00 GiB\n")
+    assert check_startup(parse_text(text)).findings == ()
