@@ -1,0 +1,123 @@
+"""vLLM's profile-run shape, as plain arithmetic: the default batch limits, the dummy request split, and
+the CUDA-graph capture sizes.
+
+Knows: which `max_num_batched_tokens` / `max_num_seqs` vLLM picks by itself for a device (by total memory
+and name), how `_dummy_run` splits the tokens into requests, how many rows the dummy sampler sees, which
+batch sizes get a CUDA graph. Does not know: anything measured (that is profile/), nor how the tensors
+are built (profile/runner.py runs the plan). Pure: no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+GIB = 1 << 30
+
+USAGE_API_SERVER = "api_server"  # `vllm serve` (UsageContext.OPENAI_API_SERVER)
+USAGE_LLM = "llm"                # offline `LLM(...)` (UsageContext.LLM_CLASS)
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def vllm_default_batch(total_bytes: int, device_name: Optional[str], vllm_version: str,
+                       usage: str = USAGE_API_SERVER) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) that vLLM chooses when the user sets neither.
+
+    mirrors vLLM 0.11 engine/arg_utils.py EngineArgs._set_default_args (get_batch_defaults in later
+    releases): `device_memory >= 70 * GiB_bytes and "a100" not in device_name` -> 8192 tokens for the API
+    server, 16384 for the offline LLM class, 1024 seqs; otherwise 2048 / 8192 tokens and 256 seqs.
+    vLLM 0.28 added a tier above it ("for GPUs like B200/B300 with >= 160GB memory, use the largest
+    defaults"): 16384 tokens for the API server. The offline-LLM token count of that tier was not read;
+    we keep the 70 GiB tier's 16384 for it (the smaller side: a smaller dummy batch, noted in the docs).
+    """
+    if usage not in (USAGE_API_SERVER, USAGE_LLM):
+        raise ValueError(f"usage must be {USAGE_API_SERVER!r} or {USAGE_LLM!r}, not {usage!r}")
+    name = (device_name or "").lower()
+    version = _version_key(vllm_version)
+    # mirrors vLLM 0.28+ engine/arg_utils.py get_batch_defaults: the >= 160 GiB tier comes first
+    if version >= (0, 28) and total_bytes >= 160 * GIB:
+        return (16384 if usage == USAGE_API_SERVER else 16384), 1024
+    # mirrors vLLM 0.11 engine/arg_utils.py: `device_memory >= 70 * GiB_bytes and "a100" not in device_name`
+    if total_bytes >= 70 * GIB and "a100" not in name:
+        return (8192 if usage == USAGE_API_SERVER else 16384), 1024
+    return (2048 if usage == USAGE_API_SERVER else 8192), 256
+
+
+@dataclass(frozen=True)
+class DummyRunPlan:
+    """The batch of vLLM's profile run: one forward pass of num_tokens tokens in num_reqs requests."""
+
+    num_tokens: int
+    num_reqs: int
+    tokens_per_request: tuple[int, ...]   # len == num_reqs, sum == num_tokens
+    sampler_rows: int                     # rows the dummy sampler runs on (one per request)
+
+    @property
+    def last_token_indices(self) -> tuple[int, ...]:
+        """Flat index of each request's last token (vLLM: np.cumsum(num_scheduled_tokens) - 1)."""
+        indices = []
+        position = -1
+        for count in self.tokens_per_request:
+            position += count
+            indices.append(position)
+        return tuple(indices)
+
+    @property
+    def positions(self) -> tuple[int, ...]:
+        """The position of every token inside its own request (0 .. n-1 per request, concatenated)."""
+        out: list[int] = []
+        for count in self.tokens_per_request:
+            out.extend(range(count))
+        return tuple(out)
+
+
+def plan_dummy_run(max_num_batched_tokens: int, max_num_seqs: int) -> DummyRunPlan:
+    """Split the profile batch the way vLLM does.
+
+    mirrors vLLM 0.11 v1/worker/gpu_model_runner.py _dummy_run (called from profile_run with
+    num_tokens = max_num_tokens): num_reqs = min(num_tokens, max_num_reqs); every request gets
+    num_tokens // num_reqs tokens and the last one also num_tokens % num_reqs. _dummy_sampler_run then
+    sees one row per request (hidden_states[logit_indices]).
+    """
+    if max_num_batched_tokens <= 0:
+        raise ValueError(f"max_num_batched_tokens must be positive, not {max_num_batched_tokens}")
+    if max_num_seqs <= 0:
+        raise ValueError(f"max_num_seqs must be positive, not {max_num_seqs}")
+    num_tokens = max_num_batched_tokens
+    num_reqs = min(num_tokens, max_num_seqs)
+    per_request = [num_tokens // num_reqs] * num_reqs
+    per_request[-1] += num_tokens % num_reqs
+    return DummyRunPlan(num_tokens=num_tokens, num_reqs=num_reqs,
+                        tokens_per_request=tuple(per_request), sampler_rows=num_reqs)
+
+
+def cuda_graph_capture_sizes(max_num_seqs: int, max_num_batched_tokens: int, vllm_version: str,
+                             max_capture_size: Optional[int] = None) -> tuple[int, ...]:
+    """Batch sizes vLLM captures a CUDA graph for, largest first (the capture order).
+
+    0.11: mirrors vLLM 0.11 config/__init__.py VllmConfig._set_cudagraph_sizes with the scheduler's
+    default cuda_graph_sizes = [min(max_num_seqs * 2, 512)]: [1, 2, 4] + range(8, max + 1, 8), only
+    sizes <= max_num_batched_tokens, sorted descending by CompilationConfig.init_with_cudagraph_sizes.
+    Newer rule (read in vLLM 0.33 config/vllm.py; we apply it from 0.12 on): [1, 2, 4] + range(8, 256, 8)
+    + range(256, max + 1, 16). max_capture_size overrides the default max (`--cuda-graph-sizes N`).
+    """
+    largest = max_capture_size if max_capture_size is not None else min(max_num_seqs * 2, 512)
+    if _version_key(vllm_version) >= (0, 12):
+        # mirrors vLLM 0.33 config/vllm.py _set_cudagraph_sizes
+        sizes = [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, largest + 1, 16))
+        sizes = [s for s in sizes if s <= largest]
+    else:
+        # mirrors vLLM 0.11 config/__init__.py _set_cudagraph_sizes
+        # (no cut at `largest` here: 0.11 keeps 1, 2, 4 even when max_num_seqs is 1)
+        sizes = [1, 2, 4] + list(range(8, largest + 1, 8))
+    sizes = [s for s in sizes if s <= max_num_batched_tokens]
+    return tuple(sorted(set(sizes), reverse=True))

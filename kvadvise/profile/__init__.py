@@ -1,0 +1,1 @@
+"""Measuring on a device: the only package that touches torch.cuda or pynvml."""

@@ -1,0 +1,302 @@
+"""vLLM's profile run with Hugging Face modules: one max-batch forward without KV cache, then the sampler.
+
+Mirrors vLLM 0.11 v1/worker/gpu_model_runner.py `profile_run` / `_dummy_run` / `_dummy_sampler_run`:
+- the batch is one flat sequence of `plan.num_tokens` tokens (int32 ids, int64 positions restarting at 0
+  for every request), no KV cache (`use_cache=False`);
+- attention metadata is None in vLLM's profile run, so its attention kernels return early: the layer
+  allocates its output buffer (num_tokens x heads x head_size_v) and computes nothing. We register the
+  same behaviour as a transformers attention function ("kvadvise_profile"): no score matrix, no mask;
+- MoE experts allocate what vLLM 0.11's fused_moe (model_executor/layers/fused_moe/fused_moe.py
+  fused_experts_impl, Triton path) allocates: cache13 (M x topk x max(N, K)), cache2 (M*topk x N/2), the
+  output, and moe_align_block_size's index tensors, M = min(tokens, VLLM_FUSED_MOE_CHUNK_SIZE); no expert
+  loop, so the figure does not depend on the routing of dummy weights and runs under FakeTensorMode;
+- the full hidden states stay alive while the sampler runs on each request's last-token hidden state;
+  logits are `lm_head(rand_like(h))` in the model dtype (vLLM compute_logits), softcapped if the config
+  says so, all-gathered over the vocabulary on a TP rank; the sampler is kvadvise/profile/sampler.py.
+- off the first pipeline stage, vLLM's intermediate tensors (hidden states and residual, each
+  max_num_tokens x hidden) are allocated during the run and are the stage's input.
+
+What differs from vLLM (the modules are transformers', not vLLM's): unfused q/k/v and gate/up
+projections, RMSNorm in float32 and a separate residual add (vLLM fuses both), transformers' rotary
+cos/sin per forward (vLLM indexes a cached table), the MoE router's float32 softmax, and the decoder's
+forward keeping the embedding output referenced for the whole loop (transformers' `inputs_embeds`).
+Kernels' own workspaces are invisible to the live-bytes tracker but seen by a CUDA measurement; the one
+that matters at the peak, the CUDA sort's in the sampler, is emulated on CPU and fake tensors
+(sampler.py); cuBLAS and attention-kernel workspaces are not.
+Nothing here calls torch.cuda: the profile helper's device.py measures around these calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from kvadvise.model.spec import ModelSpec
+from kvadvise.plan.dummy import DummyRunPlan
+from kvadvise.profile.build import ShardShape, locate_parts
+from kvadvise.profile.sampler import dummy_sampler_run
+
+PROFILE_ATTENTION = "kvadvise_profile"
+PROFILE_EXPERTS = "kvadvise_fused_moe"
+
+# mirrors vLLM 0.11 envs.py VLLM_FUSED_MOE_CHUNK_SIZE default 16 * 1024 (32768 in older releases);
+# the profile batch (<= 16384 tokens by default) fits one chunk either way
+FUSED_MOE_CHUNK_TOKENS = 16 * 1024
+
+
+def profile_attention(module, query, key, value, attention_mask, *args, **kwargs):
+    """vLLM's attention in the profile run: the output buffer, no scores (attn_metadata is None)."""
+    batch, heads, q_len, _ = query.shape
+    # mirrors vLLM 0.11 attention/layer.py: output = torch.empty(num_tokens, num_heads * head_size_v)
+    # and v1/attention/backends/flash_attn.py forward: `if attn_metadata is None: return output`
+    # (filled with zeros here so dummy values stay finite)
+    output = query.new_zeros((batch, q_len, heads, value.shape[-1]))
+    return output, None
+
+
+def profile_fused_experts(self, hidden_states, top_k_index, top_k_weights, *args, **kwargs):
+    """The buffers of vLLM 0.11's fused_experts_impl (Triton), without computing the experts."""
+    import torch
+
+    num_tokens = hidden_states.shape[0]
+    hidden = hidden_states.shape[-1]
+    top_k = top_k_index.shape[-1]
+    if getattr(self, "has_gate", True):
+        gate_up = self.gate_up_proj
+        n = gate_up.shape[-1] if getattr(self, "is_transposed", False) else gate_up.shape[-2]
+    else:
+        up = self.up_proj
+        n = up.shape[-1] if getattr(self, "is_transposed", False) else up.shape[-2]
+    num_experts = getattr(self, "num_experts", None) or self.down_proj.shape[0]
+    m = min(num_tokens, FUSED_MOE_CHUNK_TOKENS)
+    device, dtype = hidden_states.device, hidden_states.dtype
+    # moe_align_block_size (csrc/moe/moe_align_sum_kernels.cu via fused_moe.py): block size from the
+    # default Triton config (BLOCK_SIZE_M 16 when M <= E, else 64)
+    block = 16 if m <= num_experts else 64
+    padded = m * top_k + num_experts * (block - 1)
+    sorted_ids = torch.empty(padded, dtype=torch.int32, device=device)
+    expert_ids = torch.empty(-(-padded // block), dtype=torch.int32, device=device)
+    num_post_pad = torch.empty(1, dtype=torch.int32, device=device)
+    # "We can reuse the memory between these because by the time we need cache3, we're done with cache1"
+    cache13 = torch.empty(m * top_k * max(n, hidden), dtype=dtype, device=device)
+    intermediate_cache2 = torch.empty((m * top_k, n // 2 if getattr(self, "has_gate", True) else n),
+                                      dtype=dtype, device=device)
+    output = torch.zeros_like(hidden_states)  # inplace=False: out_hidden_states = torch.empty_like(...)
+    del sorted_ids, expert_ids, num_post_pad, cache13, intermediate_cache2
+    return output
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PROFILE_ATTENTION, profile_attention)
+    try:
+        from transformers.integrations.moe import ExpertsInterface
+
+        ExpertsInterface.register(PROFILE_EXPERTS, profile_fused_experts)
+    except ImportError:  # older transformers: experts keep their own forward
+        pass
+
+
+def _configs(model) -> list:
+    from transformers import PretrainedConfig
+
+    found: dict[int, Any] = {}
+    stack = [module.config for module in model.modules() if isinstance(getattr(module, "config", None),
+                                                                          PretrainedConfig)]
+    while stack:
+        config = stack.pop()
+        if id(config) in found:
+            continue
+        found[id(config)] = config
+        for key in getattr(config, "sub_configs", {}) or {}:
+            sub = getattr(config, key, None)
+            if isinstance(sub, PretrainedConfig):
+                stack.append(sub)
+    return list(found.values())
+
+
+@contextlib.contextmanager
+def profile_implementations(model) -> Iterator[None]:
+    """Switch the model to the profile-run attention and MoE implementations; restore on exit."""
+    _register()
+    saved = []
+    for config in _configs(model):
+        saved.append((config, config.__dict__.get("_attn_implementation_internal"),
+                      config.__dict__.get("_experts_implementation_internal")))
+        config.__dict__["_attn_implementation_internal"] = PROFILE_ATTENTION
+        config.__dict__["_experts_implementation_internal"] = PROFILE_EXPERTS
+    try:
+        yield
+    finally:
+        for config, attention, experts in saved:
+            config.__dict__["_attn_implementation_internal"] = attention
+            config.__dict__["_experts_implementation_internal"] = experts
+
+
+def _text_config(model):
+    config = model.config
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    return text or config
+
+
+@dataclass
+class DummyInputs:
+    """vLLM's persistent input buffers (allocated before the profile run) for up to num_tokens tokens."""
+
+    input_ids: Any                     # int32 (num_tokens,)
+    positions: Any                     # int64 (num_tokens,)
+    intermediate: Optional[tuple] = None  # off the first PP stage: (hidden_states, residual)
+
+
+def make_dummy_inputs(plan: DummyRunPlan, model, *, device) -> DummyInputs:
+    """The token-id and position buffers of a plan (vLLM's InputBatch buffers hold them before profiling)."""
+    import torch
+
+    input_ids = torch.zeros(plan.num_tokens, dtype=torch.int32, device=device)
+    positions = _device_tensor(plan.positions, device)
+    return DummyInputs(input_ids=input_ids, positions=positions)
+
+
+def _device_tensor(values, device):
+    """An int64 device tensor of `values`: allocated on the device, filled from the host (works on meta)."""
+    import torch
+
+    out = torch.empty(len(values), dtype=torch.int64, device=device)
+    out.copy_(torch.tensor(values, dtype=torch.int64))
+    return out
+
+
+def _compute_logits(model, spec: ModelSpec, shape: Optional[ShardShape]) -> Callable[[Any], Any]:
+    """vLLM's compute_logits: lm_head in the model dtype, softcap, TP all-gather over the vocabulary."""
+    import torch
+
+    lm_head = model.lm_head
+    text = _text_config(model)
+    soft_cap = getattr(text, "final_logit_softcapping", None)
+    tp = shape.tensor_parallel_size if shape is not None else 1
+    vocab = spec.vocab_size
+
+    def compute(hidden_states):
+        logits = lm_head(hidden_states)
+        if tp > 1:
+            # mirrors vLLM 0.11 distributed/parallel_state.py GroupCoordinator._all_gather_out_place
+            # (dim=-1): gather into (tp * rows, local_vocab), view, movedim, reshape (a copy)
+            rows, local = logits.shape
+            gathered = torch.empty((tp * rows, local), dtype=logits.dtype, device=logits.device)
+            gathered = gathered.reshape((tp, rows, local)).movedim(0, 1).reshape(rows, tp * local)
+            logits = gathered
+        # mirrors vLLM 0.11 model_executor/layers/logits_processor.py _get_logits: logits[..., :org_vocab]
+        logits = logits[..., :vocab]
+        if soft_cap:
+            # mirrors vLLM 0.11 logits_processor.py forward: logits / soft_cap, tanh, * soft_cap
+            logits = logits / soft_cap
+            logits = torch.tanh(logits)
+            logits = logits * soft_cap
+        return logits
+
+    return compute
+
+
+def _forward(parts, inputs: DummyInputs, num_tokens: int):
+    """The decoder stack on one flat sequence; returns the last hidden state (1, tokens, hidden)."""
+    positions = inputs.positions[:num_tokens].unsqueeze(0)
+    if inputs.intermediate is not None:
+        hidden_in = inputs.intermediate[0][:num_tokens].unsqueeze(0)
+        out = parts.decoder(inputs_embeds=hidden_in, position_ids=positions, use_cache=False)
+    else:
+        ids = inputs.input_ids[:num_tokens].unsqueeze(0)
+        out = parts.decoder(input_ids=ids, position_ids=positions, use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def dummy_run(model, spec: ModelSpec, plan: DummyRunPlan, *, device, run_sampler: bool = True,
+              sampler_version: str = "0.11", shape: Optional[ShardShape] = None,
+              inputs: Optional[DummyInputs] = None, kernel_workspaces: Optional[bool] = None) -> None:
+    """One vLLM profile run: forward of plan.num_tokens tokens without KV cache, then the sampler.
+
+    Nothing is kept: every tensor made here is released before returning (the caller measures the peak
+    around this call). `inputs`: buffers made before the measurement (vLLM's persistent input buffers);
+    made here, and counted, when not given. The sampler runs only where the model has an lm_head (the
+    last pipeline stage) and run_sampler is true. kernel_workspaces: emulate the CUDA sort kernel's own
+    allocations (None = on CPU and fake tensors, not on a real CUDA device; see sampler.py).
+    """
+    import torch
+
+    parts = locate_parts(model)
+    own_inputs = inputs is None
+    with torch.inference_mode(), profile_implementations(model):
+        if own_inputs:
+            inputs = make_dummy_inputs(plan, model, device=device)
+        if not parts.has_embedding:
+            # mirrors vLLM 0.11 gpu_model_runner._dummy_run: self.intermediate_tensors =
+            # self.model.make_empty_intermediate_tensors(batch_size=self.max_num_tokens, ...)
+            hidden = _text_config(model).hidden_size
+            dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+            inputs.intermediate = (torch.zeros((plan.num_tokens, hidden), dtype=dtype, device=device),
+                                   torch.zeros((plan.num_tokens, hidden), dtype=dtype, device=device))
+        hidden_states = _forward(parts, inputs, plan.num_tokens)
+        if run_sampler and parts.lm_head is not None:
+            # hidden_states[logit_indices] with a numpy index: an int64 index tensor, then a copy
+            index = _device_tensor(plan.last_token_indices, device)
+            last_hidden_states = hidden_states[0, index]
+            del index
+            dummy_sampler_run(last_hidden_states, _compute_logits(model, spec, shape),
+                              vllm_version=sampler_version, kernel_workspaces=kernel_workspaces)
+            del last_hidden_states
+        del hidden_states
+        if own_inputs:
+            inputs = None
+        elif inputs.intermediate is not None:
+            inputs.intermediate = None
+
+
+# ------------------------------------------------------------------ decode step (CUDA graphs) ----------
+
+@dataclass
+class DecodeCapture:
+    """Static buffers for capturing decode steps up to max_size sequences, and the step factory."""
+
+    inputs: DummyInputs
+    static_bytes: int
+    make_step: Callable[[int], Callable[[], Any]]
+
+
+def prepare_decode_capture(model, spec: ModelSpec, sizes: Sequence[int], *, device,
+                           shape: Optional[ShardShape] = None) -> DecodeCapture:
+    """Buffers and a step factory for the decode step vLLM captures: `make_step(n)()` runs the decoder
+    on n sequences of one new token each, reading only the static buffers (capturable).
+
+    vLLM's decode graph holds the model forward only (compute_logits and the sampler run outside it),
+    and its attention reads the paged KV cache without a score matrix; the profile attention function
+    stands in for it, so no KV cache is needed here. static_bytes: the buffers allocated here (not part
+    of the graph pool).
+    """
+    import torch
+
+    parts = locate_parts(model)
+    largest = max(sizes)
+    input_ids = torch.zeros(largest, dtype=torch.int32, device=device)
+    positions = torch.zeros(largest, dtype=torch.int64, device=device)
+    inputs = DummyInputs(input_ids=input_ids, positions=positions)
+    buffers = [input_ids, positions]
+    if not parts.has_embedding:
+        hidden = _text_config(model).hidden_size
+        dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+        inputs.intermediate = (torch.zeros((largest, hidden), dtype=dtype, device=device),
+                               torch.zeros((largest, hidden), dtype=dtype, device=device))
+        buffers.extend(inputs.intermediate)
+    static_bytes = sum(buffer.untyped_storage().nbytes() for buffer in buffers)
+
+    def make_step(size: int) -> Callable[[], Any]:
+        if size > largest:
+            raise ValueError(f"size {size} exceeds the prepared {largest}")
+
+        def step():
+            with torch.inference_mode(), profile_implementations(model):
+                return _forward(parts, inputs, size)
+
+        return step
+
+    return DecodeCapture(inputs=inputs, static_bytes=static_bytes, make_step=make_step)

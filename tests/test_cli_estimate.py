@@ -1,0 +1,197 @@
+"""`kvadvise estimate` and `kvadvise gpus` end to end: the JSON contract, estimate vs `profile --device cpu`
+on the same tiny checkpoint, the advice from the profile's own code, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kvadvise.cli import app
+from kvadvise.gpus import CATALOG, lookup_gpu
+from kvadvise.plan.advice import REDUNDANCY_BUFFER_BYTES
+from kvadvise.report.schema import validate
+from tests.tiny_models import save_tiny_checkpoint
+
+runner = CliRunner()
+CONFIGS = Path(__file__).parent / "data" / "configs"
+SMALL_BATCH = ["--max-num-batched-tokens", "64", "--max-num-seqs", "8"]
+GIB = 1 << 30
+
+
+def _json(result, schema="estimate"):
+    document = json.loads(result.stdout)
+    assert validate(document, schema) == [], validate(document, schema)
+    return document
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    directory, _ = save_tiny_checkpoint("llama", tmp_path_factory.mktemp("tiny-llama-estimate"))
+    return directory
+
+
+def test_estimate_vs_profile_on_the_host(tiny_llama):
+    """Same checkpoint, same batch, same card: weights identical to the byte (profile-equivalent figure),
+    activation within 5% (it is the same run, so equal), the same advice arithmetic."""
+    common = [str(tiny_llama), "--gpu", "L4", *SMALL_BATCH, "--json"]
+    profiled = runner.invoke(app, ["profile", "--device", "cpu", "--load-format", "auto", *common])
+    assert profiled.exit_code == 0, profiled.output
+    estimated = runner.invoke(app, ["estimate", *common])
+    assert estimated.exit_code == 0, estimated.output
+    profile_doc = _json(profiled, "profile")
+    estimate_doc = _json(estimated)
+    weights = estimate_doc["estimate"]["weights"]
+    assert weights["source"] == "safetensors headers"
+    assert weights["profile_equivalent_bytes"] == profile_doc["memory"]["weights_bytes"] == 213_696
+    # what vLLM holds beyond the HF model: its rotary cache (131072 positions x 16 x 2 B) instead of inv_freq
+    assert estimate_doc["memory"]["weights_bytes"] == 213_632 + 131072 * 16 * 2
+    measured = profile_doc["memory"]["activation_peak_bytes"]
+    assert abs(estimate_doc["memory"]["activation_peak_bytes"] - measured) <= 0.05 * measured
+    for term in ("weights", "activation_peak", "non_torch", "cuda_graph"):
+        assert estimate_doc["memory"][f"{term}_method"] == "estimated"
+    card = lookup_gpu("L4")
+    assert estimate_doc["device"]["total_bytes"] == estimate_doc["device"]["free_bytes_at_start"] == card.total_bytes
+    memory, advice = estimate_doc["memory"], estimate_doc["advice"]
+    non_kv = sum(memory[f"{t}_bytes"] for t in ("weights", "activation_peak", "non_torch", "cuda_graph"))
+    assert advice["non_kv_bytes"] == non_kv
+    # vLLM 0.33's requested memory is math.ceil(total x util)
+    import math
+
+    assert advice["fit"]["kv_cache_memory_bytes"] == math.ceil(card.total_bytes * 0.9) - non_kv - REDUNDANCY_BUFFER_BYTES
+    assert advice["full"]["kv_cache_memory_bytes"] == card.total_bytes - non_kv - REDUNDANCY_BUFFER_BYTES
+    assert f"--kv-cache-memory-bytes {advice['fit']['kv_cache_memory_bytes']}" in advice["fit"]["command"]
+    assert advice["fit"]["tokens"] > 0 and estimate_doc["kv_cache"] is not None
+
+
+def test_real_config_default_batch_and_family_defaults():
+    result = runner.invoke(app, ["estimate", str(CONFIGS / "meta-llama__Llama-3.2-1B.json"), "--gpu", "h100",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    document = _json(result)
+    # vLLM's defaults on an 80 GB non-A100 card (kvadvise.plan.dummy): 8192 tokens, 1024 sequences
+    assert (document["settings"]["max_num_batched_tokens"], document["settings"]["max_num_seqs"]) == (8192, 1024)
+    # the hopper non-torch default: 0.16 GiB from an H100 log (case12)
+    assert document["memory"]["non_torch_bytes"] == 16 * GIB // 100
+    graphs = document["estimate"]["cuda_graphs"]
+    assert document["memory"]["cuda_graph_bytes"] == graphs["pool_bytes"] + graphs["num_sizes"] * graphs["bytes_per_size"]
+    assert document["estimate"]["activation"]["traced_layers"] == 2
+
+
+def test_a100_keeps_the_small_default_batch():
+    result = runner.invoke(app, ["estimate", str(CONFIGS / "meta-llama__Llama-3.2-1B.json"), "--gpu", "a100-80gb",
+                                 "--enforce-eager", "--json"])
+    assert result.exit_code == 0, result.output
+    document = _json(result)
+    assert (document["settings"]["max_num_batched_tokens"], document["settings"]["max_num_seqs"]) == (2048, 256)
+    assert document["memory"]["cuda_graph_bytes"] == 0
+    assert document["memory"]["cuda_graph_method"] == "not_applicable"
+
+
+def test_given_non_torch_memory_and_gpu_memory_and_free(tiny_llama):
+    result = runner.invoke(app, ["estimate", str(tiny_llama), "--gpu-memory", "24GiB", "--gpu-free", "20GiB",
+                                 "--non-torch-memory", "1GiB", *SMALL_BATCH, "--json"])
+    assert result.exit_code == 0, result.output
+    document = _json(result)
+    assert document["memory"]["non_torch_bytes"] == GIB
+    assert document["memory"]["non_torch_method"] == "given"
+    assert document["device"]["total_bytes"] == 24 * GIB
+    assert document["device"]["free_bytes_at_start"] == 20 * GIB
+    non_kv = document["advice"]["non_kv_bytes"]
+    assert document["advice"]["full"]["kv_cache_memory_bytes"] == 20 * GIB - non_kv - REDUNDANCY_BUFFER_BYTES
+    # 20 of 24 GiB free: vLLM's start-up gate passes up to 0.83
+    assert document["advice"]["gpu_memory_utilization_for_gate"] == 0.83
+
+
+def test_model_too_big_prints_the_report_and_exits_2():
+    result = runner.invoke(app, ["estimate", str(CONFIGS / "meta-llama__Llama-3.1-70B.json"), "--gpu", "rtx4090",
+                                 "--json"])
+    assert result.exit_code == 2
+    document = json.loads(result.stdout)
+    assert validate(document, "estimate") == []
+    assert document["status"] == "does_not_fit"
+    short = -document["advice"]["fit"]["kv_cache_memory_bytes"]
+    assert short > 100 * GIB                   # 70B bf16 weights alone are ~131 GiB
+    assert "does not fit: short by" in result.stderr and str(short) in result.stderr
+
+
+def test_tensor_parallel_rank(tiny_llama):
+    one = _json(runner.invoke(app, ["estimate", str(tiny_llama), "--gpu", "l40s", *SMALL_BATCH, "--json"]))
+    two = _json(runner.invoke(app, ["estimate", str(tiny_llama), "--gpu", "l40s", "-tp", "2", *SMALL_BATCH,
+                                    "--json"]))
+    assert two["estimate"]["weights"]["parameter_bytes"] < one["estimate"]["weights"]["parameter_bytes"]
+    # TP 2 on a datacenter card adds the collective-buffer default (case04 H200: 1.38 - 0.16 GiB)
+    assert two["memory"]["non_torch_bytes"] == one["memory"]["non_torch_bytes"] + 138 * GIB // 100 - 16 * GIB // 100
+    assert two["estimate"]["shape_equivalent"]
+
+
+def test_unknown_gpu_lists_close_names(tiny_llama):
+    result = runner.invoke(app, ["estimate", str(tiny_llama), "--gpu", "rtx 4080"])
+    assert result.exit_code == 2
+    assert "unknown GPU 'rtx 4080'" in result.stderr and "RTX-4090" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "--gpu NAME or --gpu-memory SIZE"),
+    (["--gpu-memory", "24GiB", "--gpu-free", "30GiB"], "exceeds the card's total"),
+    (["--gpu", "h100", "--util", "1.5"], "--util"),
+    (["--gpu", "h100", "--stage", "1"], "--stage needs --partition"),
+])
+def test_bad_input_exits_2(tiny_llama, args, message):
+    result = runner.invoke(app, ["estimate", str(tiny_llama), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+
+
+def test_gpus_command_lists_the_catalog():
+    result = runner.invoke(app, ["gpus", "--json"])
+    assert result.exit_code == 0, result.output
+    document = _json(result, "gpus")
+    assert [entry["key"] for entry in document["catalog"]] == [spec.key for spec in CATALOG]
+    h100 = next(entry for entry in document["catalog"] if entry["key"] == "H100-80GB-SXM")
+    assert h100["total_bytes"] == lookup_gpu("h100").total_bytes
+    text = runner.invoke(app, ["gpus"])
+    assert text.exit_code == 0 and "H100-80GB-SXM" in text.stdout
+
+
+def test_gpus_local_cards_through_nvml_stand_in():
+    from types import SimpleNamespace
+
+    from kvadvise.report.gpus import local_devices
+
+    class FakeNvml:
+        def nvmlInit(self):
+            pass
+
+        def nvmlShutdown(self):
+            pass
+
+        def nvmlDeviceGetHandleByIndex(self, index):
+            if index > 0:
+                raise RuntimeError("no such device")
+            return "handle0"
+
+        def nvmlDeviceGetName(self, handle):
+            return b"NVIDIA H100 80GB HBM3"
+
+        def nvmlSystemGetDriverVersion(self):
+            return "550.54"
+
+        def nvmlDeviceGetMigMode(self, handle):
+            return (0, 0)
+
+        def nvmlDeviceGetMemoryInfo(self, handle):
+            return SimpleNamespace(total=85520809984, free=84000000000)
+
+        def nvmlDeviceGetComputeRunningProcesses(self, handle):
+            return []
+
+        def nvmlDeviceGetGraphicsRunningProcesses(self, handle):
+            return []
+
+    devices, _ = local_devices(FakeNvml())
+    assert devices == [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "total_bytes": 85520809984,
+                        "free_bytes": 84000000000, "catalog_key": "H100-80GB-SXM"}]

@@ -1,0 +1,404 @@
+"""build_model / shard_config / dummy_run on tiny models made from real configs (CPU, real tensors)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from kvadvise.errors import InputError
+from kvadvise.plan.dummy import plan_dummy_run
+from kvadvise.profile.build import (ShardShape, build_model, locate_parts, model_tensors, shard_config,
+                                    tensor_bytes)
+from kvadvise.profile.runner import dummy_run, prepare_decode_capture
+from kvadvise.profile.tracker import LiveBytesTracker, allocator_rounded_bytes as r
+from tiny_models import (REAL_CONFIGS, real_config, safetensors_tensor_bytes, save_tiny_checkpoint, tiny_config,
+                         tiny_spec)
+
+MODELS = sorted(REAL_CONFIGS)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    out = {}
+    for name in MODELS:
+        path, config = save_tiny_checkpoint(name, tmp_path_factory.mktemp(name))
+        out[name] = (path, config)
+    return out
+
+
+def _buffer_bytes(model) -> int:
+    return sum(b.untyped_storage().nbytes() for b in model.buffers())
+
+
+# ------------------------------------------------------------------ weights ---------------------------------
+
+@pytest.mark.parametrize("name", MODELS)
+def test_weights_auto_and_dummy_equal_the_checkpoint(checkpoints, name):
+    path, config = checkpoints[name]
+    spec = tiny_spec(config)
+    auto = build_model(spec, load_format="auto", model_path=str(path))
+    with LiveBytesTracker() as tracker:
+        dummy = build_model(spec, load_format="dummy", device="cpu")
+    # second method: parameters from the safetensors headers (numel x element size; tied weights are
+    # saved once), plus the buffers (rotary inv_freq, gemma's embed scale), which are not in the file
+    from_headers = sum(safetensors_tensor_bytes(path).values()) + _buffer_bytes(auto)
+    assert tensor_bytes(auto) == from_headers
+    assert tensor_bytes(dummy) == from_headers
+    # what stays allocated after building (the profile's "weights") = those storages, allocator-rounded
+    assert tracker.current_bytes == sum(r(t.untyped_storage().nbytes()) for t in model_tensors(dummy))
+    assert next(dummy.parameters()).dtype == torch.bfloat16
+
+
+def test_tiny_llama_weights_by_hand():
+    # tiny Llama-3.2-1B: hidden 64, 4 heads x 16, 2 kv heads, intermediate 128, vocab 512, tied, bf16
+    per_layer = (64 * 64 + 64 * 32 * 2 + 64 * 64 + 3 * 64 * 128 + 2 * 64) * 2   # q, k+v, o, mlp, 2 norms
+    embedding = 512 * 64 * 2                    # also the lm_head (tied)
+    rotary = 2 * 8 * 4                          # inv_freq and original_inv_freq, float32, head_dim / 2
+    spec = tiny_spec(tiny_config("llama"))
+    full = build_model(spec, load_format="dummy")
+    assert tensor_bytes(full) == embedding + 2 * per_layer + 64 * 2 + rotary
+    # pipeline stages (1, 1): embedding on the first only; final norm and lm_head on the last only
+    first = build_model(spec, load_format="dummy", shape=ShardShape(partition=(1, 1), stage=0))
+    last = build_model(spec, load_format="dummy", shape=ShardShape(partition=(1, 1), stage=1))
+    assert tensor_bytes(first) == embedding + per_layer + rotary
+    assert tensor_bytes(last) == per_layer + 64 * 2 + embedding + rotary
+    assert locate_parts(first).lm_head is None and locate_parts(last).has_embedding is False
+    # TP 2: heads 2, kv heads 1, intermediate 64, vocab 256 per rank; norms replicated
+    half = build_model(spec, load_format="dummy", shape=ShardShape(tensor_parallel_size=2))
+    per_layer_tp2 = (64 * 32 + 64 * 16 * 2 + 32 * 64 + 3 * 64 * 64 + 2 * 64) * 2
+    assert tensor_bytes(half) == 256 * 64 * 2 + 2 * per_layer_tp2 + 64 * 2 + rotary
+
+
+def test_build_on_meta_and_under_fake_tensors_allocates_nothing_real():
+    spec = tiny_spec(tiny_config("mixtral"))
+    meta = build_model(spec, load_format="dummy", device="meta")
+    assert all(p.device.type == "meta" for p in meta.parameters())
+    with FakeTensorMode():
+        fake = build_model(spec, load_format="dummy", device="cpu")
+        assert tensor_bytes(fake) == tensor_bytes(meta)
+    real = build_model(spec, load_format="dummy", device="cpu")
+    assert tensor_bytes(real) == tensor_bytes(meta)
+    # vLLM's dummy values: uniform in [-1e-3, 1e-3]
+    assert max(float(p.abs().max()) for p in real.parameters()) <= 1e-3
+
+
+def test_bad_inputs_are_input_errors():
+    spec = tiny_spec(tiny_config("llama"))
+    with pytest.raises(InputError):
+        build_model(spec, load_format="auto", shape=ShardShape(tensor_parallel_size=2))
+    with pytest.raises(InputError):
+        build_model(spec, load_format="safetensors")
+    with pytest.raises(InputError):
+        build_model(spec, dtype="int3")
+    with pytest.raises(InputError):
+        ShardShape(partition=(1, 1))
+    with pytest.raises(InputError):
+        ShardShape(partition=(1, 1), stage=2)
+    with pytest.raises(InputError):
+        ShardShape(stage=0)
+    with pytest.raises(InputError):
+        shard_config(spec, ShardShape(partition=(2, 1), stage=0))   # 3 layers, the model has 2
+
+
+# ------------------------------------------------------------------ shard_config (real configs) -------------
+
+def test_shard_config_tensor_parallel_llama_3_2_1b():
+    spec = tiny_spec(real_config("llama"))
+    tp2 = shard_config(spec, ShardShape(tensor_parallel_size=2))
+    assert (tp2["num_attention_heads"], tp2["num_key_value_heads"], tp2["head_dim"]) == (16, 4, 64)
+    assert tp2["intermediate_size"] == 4096 and tp2["vocab_size"] == 128256 // 2
+    tp4 = shard_config(spec, ShardShape(tensor_parallel_size=4))
+    assert (tp4["num_attention_heads"], tp4["num_key_value_heads"]) == (8, 2)
+    assert tp4["intermediate_size"] == 2048 and tp4["vocab_size"] == 32064
+    assert tp4["hidden_size"] == 2048 and tp4["num_hidden_layers"] == 16
+    # more ranks than kv heads: each rank keeps one replicated kv head (vLLM QKVParallelLinear)
+    tp16 = shard_config(spec, ShardShape(tensor_parallel_size=16))
+    assert (tp16["num_attention_heads"], tp16["num_key_value_heads"]) == (2, 1)
+
+
+def test_shard_config_qwen2_gqa_and_indivisible_heads():
+    spec = tiny_spec(real_config("qwen2"))
+    tp4 = shard_config(spec, ShardShape(tensor_parallel_size=4))
+    assert (tp4["num_attention_heads"], tp4["num_key_value_heads"]) == (7, 1)
+    assert tp4["intermediate_size"] == 18944 // 4 and tp4["vocab_size"] == 152064 // 4
+    assert tp4["head_dim"] == 3584 // 28             # kept explicit: 128
+    with pytest.raises(InputError):
+        shard_config(spec, ShardShape(tensor_parallel_size=8))     # 28 heads / 8
+
+
+def test_shard_config_moe_and_mla():
+    mixtral = shard_config(tiny_spec(real_config("mixtral")), ShardShape(tensor_parallel_size=2))
+    assert mixtral["intermediate_size"] == 7168 and mixtral["num_local_experts"] == 8
+    assert mixtral["vocab_size"] == 16000
+    deepseek = shard_config(tiny_spec(real_config("deepseek_v2")), ShardShape(tensor_parallel_size=2))
+    assert deepseek["num_attention_heads"] == 8
+    assert deepseek["moe_intermediate_size"] == 704 and deepseek["intermediate_size"] == 5472
+    assert deepseek["kv_lora_rank"] == 512 and deepseek["n_routed_experts"] == 64
+    assert deepseek["vocab_size"] == 51200
+
+
+def test_shard_config_gemma3_keeps_the_nested_text_config_with_its_defaults():
+    spec = tiny_spec(real_config("gemma3"))
+    tp2 = shard_config(spec, ShardShape(tensor_parallel_size=2))
+    text = tp2["text_config"]
+    # Gemma3TextConfig defaults for 4b (the real file leaves them out): 8 heads, 4 kv heads, head_dim 256
+    assert (text["num_attention_heads"], text["num_key_value_heads"], text["head_dim"]) == (4, 2, 256)
+    assert text["intermediate_size"] == 10240 // 2 and text["vocab_size"] == 262208 // 2
+    assert tp2["vision_config"]["num_attention_heads"] == 16       # the encoder stays whole
+
+
+def test_shard_config_pipeline_stages():
+    llama = tiny_spec(real_config("llama"))
+    assert shard_config(llama, ShardShape(partition=(10, 6), stage=1))["num_hidden_layers"] == 6
+    gemma = tiny_spec(real_config("gemma3"))
+    first = shard_config(gemma, ShardShape(partition=(30, 4), stage=0))["text_config"]
+    last = shard_config(gemma, ShardShape(partition=(30, 4), stage=1))["text_config"]
+    # 5 sliding : 1 full; full at layers 5, 11, 17, 23, 29 of 34 -> all on stage 0
+    assert [i for i, kind in enumerate(first["layer_types"]) if kind == "full_attention"] == [5, 11, 17, 23, 29]
+    assert last["layer_types"] == ["sliding_attention"] * 4 and last["num_hidden_layers"] == 4
+    deepseek = tiny_spec(real_config("deepseek_v2"))
+    assert shard_config(deepseek, ShardShape(partition=(14, 13), stage=1))["first_k_dense_replace"] == 0
+    assert shard_config(deepseek, ShardShape(partition=(14, 13), stage=0))["first_k_dense_replace"] == 1
+
+
+# ------------------------------------------------------------------ the dummy run ---------------------------
+
+H, INTERMEDIATE, HEAD_DIM, VOCAB = 64, 128, 16, 512
+
+
+def forward_peak_by_hand(tokens: int) -> int:
+    """Live at the forward's peak: layer 2's MLP, at `act(gate) * up` (transformers LlamaMLP), bf16.
+
+    input_ids int32 (T) and positions int64 (T); rotary cos and sin (1, T, head_dim); the embedding
+    output (LlamaModel keeps `inputs_embeds`), layer 1's output (the loop variable), layer 2's residual
+    after attention and its post-attention-norm output, each (T, hidden); silu(gate), up and the
+    product, each (T, intermediate). Every tensor rounded up to 512 bytes.
+    """
+    return (r(4 * tokens) + r(8 * tokens) + 2 * r(tokens * HEAD_DIM * 2) + 4 * r(tokens * H * 2)
+            + 3 * r(tokens * INTERMEDIATE * 2))
+
+
+def sampler_peak_by_hand(tokens: int, rows: int) -> int:
+    """Live at the sampler's peak: apply_top_k_top_p's scatter (vLLM 0.11), on top of what is kept.
+
+    input_ids, positions; the final hidden states (T, hidden) bf16; last-token hidden states and their
+    rand_like copy (R, hidden) bf16; logits (R, V) bf16; temperature, top_p and three penalties (R)
+    float32, top_k (R) int64; greedy argmax (R) int64; float32 logits, sorted values, softmax/cumsum
+    buffer and scattered output (R, V) float32; sort indices (R, V) int64; top-k and top-p masks (R, V)
+    bool.
+    """
+    return (r(4 * tokens) + r(8 * tokens) + r(tokens * H * 2) + 2 * r(rows * H * 2) + r(rows * VOCAB * 2)
+            + 5 * r(rows * 4) + r(rows * 8) + r(rows * 8)
+            + 4 * r(rows * VOCAB * 4) + r(rows * VOCAB * 8) + 2 * r(rows * VOCAB))
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    spec = tiny_spec(tiny_config("llama"))
+    return spec, build_model(spec, load_format="dummy")
+
+
+@pytest.mark.parametrize("tokens, seqs, where", [
+    (64, 4, "forward"), (256, 8, "forward"), (1024, 16, "forward"),
+    (16, 16, "sampler"), (100, 100, "sampler"), (40, 3, "forward"),
+])
+def test_activation_peak_matches_the_hand_count(tiny_llama, tokens, seqs, where):
+    spec, model = tiny_llama
+    plan = plan_dummy_run(tokens, seqs)
+    with LiveBytesTracker() as tracker:
+        dummy_run(model, spec, plan, device="cpu")
+    forward, sampler = forward_peak_by_hand(tokens), sampler_peak_by_hand(tokens, plan.num_reqs)
+    assert tracker.peak_bytes == max(forward, sampler)
+    assert (forward > sampler) == (where == "forward")
+    assert tracker.current_bytes == 0
+
+
+def test_activation_grows_with_tokens_as_the_shapes_say(tiny_llama):
+    spec, model = tiny_llama
+    peaks = []
+    for tokens in (512, 1024, 2048):
+        with LiveBytesTracker() as tracker:
+            dummy_run(model, spec, plan_dummy_run(tokens, 4), device="cpu")
+        peaks.append(tracker.peak_bytes)
+    # every term of the forward peak is linear in T and a multiple of 512 at these sizes:
+    # 4T + 8T + 2*32T + 4*128T + 3*256T = 1356 bytes per token
+    assert peaks[1] - peaks[0] == 512 * 1356
+    assert peaks[2] - peaks[1] == 1024 * 1356
+
+
+def test_sampler_can_be_left_out_and_off_the_last_stage(tiny_llama):
+    spec, model = tiny_llama
+    plan = plan_dummy_run(16, 16)
+    with LiveBytesTracker() as tracker:
+        dummy_run(model, spec, plan, device="cpu", run_sampler=False)
+    assert tracker.peak_bytes == forward_peak_by_hand(16)
+    first = build_model(spec, load_format="dummy", shape=ShardShape(partition=(1, 1), stage=0))
+    with LiveBytesTracker() as tracker:
+        dummy_run(first, spec, plan, device="cpu")     # no lm_head: no sampler
+    assert tracker.peak_bytes < sampler_peak_by_hand(16, 16)
+
+
+def test_later_stage_holds_vllm_intermediate_tensors(tiny_llama):
+    spec, _ = tiny_llama
+    last = build_model(spec, load_format="dummy", shape=ShardShape(partition=(1, 1), stage=1))
+    plan = plan_dummy_run(1024, 4)
+    with LiveBytesTracker() as tracker:
+        dummy_run(last, spec, plan, device="cpu", run_sampler=False)
+    # one layer; hidden_states and residual buffers (T, hidden) replace the embedding output, and the
+    # stage's input is the first of them: ids, positions, cos, sin, 2 buffers, residual after attention,
+    # normed, and the MLP's three (T, intermediate) tensors
+    expected = (r(4 * 1024) + r(8 * 1024) + 2 * r(1024 * HEAD_DIM * 2) + 4 * r(1024 * H * 2)
+                + 3 * r(1024 * INTERMEDIATE * 2))
+    assert tracker.peak_bytes == expected
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_dummy_run_every_architecture_frees_everything_and_fakes_agree(checkpoints, name):
+    path, config = checkpoints[name]
+    spec = tiny_spec(config)
+    plan = plan_dummy_run(48, 5)
+    model = build_model(spec, load_format="auto", model_path=str(path))
+    implementation = model.config._attn_implementation
+    with LiveBytesTracker() as real:
+        dummy_run(model, spec, plan, device="cpu")
+    assert real.current_bytes == 0 and real.peak_bytes > 0
+    assert model.config._attn_implementation == implementation      # restored
+    with FakeTensorMode():
+        fake_model = build_model(spec, load_format="dummy", device="cpu")
+        with LiveBytesTracker() as fake:
+            dummy_run(fake_model, spec, plan, device="cpu")
+    assert fake.peak_bytes == real.peak_bytes
+    meta_model = build_model(spec, load_format="dummy", device="meta")
+    with LiveBytesTracker() as meta:
+        dummy_run(meta_model, spec, plan, device="meta")
+    assert meta.peak_bytes == real.peak_bytes
+
+
+def test_tensor_parallel_rank_gathers_the_whole_vocabulary_for_the_sampler():
+    spec = tiny_spec(tiny_config("llama"))
+    shape = ShardShape(tensor_parallel_size=2)
+    model = build_model(spec, load_format="dummy", shape=shape)
+    plan = plan_dummy_run(16, 16)
+    with LiveBytesTracker() as tracker:
+        dummy_run(model, spec, plan, device="cpu", shape=shape)
+    # the rank's lm_head gives (16, 256) logits; vLLM all-gathers them to (16, 512) before the sampler,
+    # so the sampler's peak is the unsharded one (hidden size is replicated across ranks)
+    assert model.lm_head.weight.shape[0] == VOCAB // 2
+    assert tracker.peak_bytes == sampler_peak_by_hand(16, 16)
+
+
+def test_decode_step_for_graph_capture(tiny_llama):
+    spec, model = tiny_llama
+    capture = prepare_decode_capture(model, spec, [8, 4, 2, 1], device="cpu")
+    assert capture.static_bytes == 8 * 4 + 8 * 8          # int32 ids + int64 positions for 8 sequences
+    hidden = capture.make_step(4)()
+    assert tuple(hidden.shape) == (1, 4, H)
+    with pytest.raises(ValueError):
+        capture.make_step(16)
+
+
+# ------------------------------------------------------------------ the CUDA sort's own workspace -----------
+
+def _cub_temp(items: int, key_bytes: int, value_bytes: int) -> int:
+    align = lambda n: -(-n // 256) * 256  # noqa: E731
+    return align(items * key_bytes) + align(items * value_bytes) + 255
+
+
+def test_sort_workspace_sizes_by_hand():
+    from kvadvise.profile.sampler import cuda_sort_workspace_bytes
+
+    n = 256 * 128256                      # Llama-3 vocabulary, 256 rows, float32 logits
+    assert cuda_sort_workspace_bytes(256, 128256, 4) == [8 * n, 4 * n + 8 * n + 255]
+    assert cuda_sort_workspace_bytes(4, 128256, 4) == [8 * 4 * 128256, 8 * 4 * 128256, 4 * 4 * 128256,
+                                                       _cub_temp(4 * 128256, 4, 8)]
+    assert cuda_sort_workspace_bytes(1, 128256, 4) == [8 * 128256, _cub_temp(128256, 4, 8)]
+    assert cuda_sort_workspace_bytes(256, 4096, 4) == []      # small sort, in place
+
+
+def _sampler_base(tokens: int, rows: int, vocab: int, hidden: int) -> int:
+    """Live when the sampler sorts: ids, positions, hidden states (T, hidden), last-token and rand hidden
+    (R, hidden), bf16 logits (R, V), 5 float32 + 1 int64 (R) rows, greedy ids (R) int64, float32 logits."""
+    return (r(4 * tokens) + r(8 * tokens) + r(tokens * hidden * 2) + 2 * r(rows * hidden * 2)
+            + r(rows * vocab * 2) + 5 * r(rows * 4) + 2 * r(rows * 8) + r(rows * vocab * 4))
+
+
+@pytest.mark.parametrize("tokens, seqs", [(128, 128), (16, 4)])
+def test_sampler_peak_with_the_sort_workspace_by_hand(tokens, seqs):
+    vocab = 5000                          # > 4096: torch's CUDA sort takes the stable segmented path
+    spec = tiny_spec(tiny_config("llama", vocab=vocab))
+    model = build_model(spec, load_format="dummy")
+    with LiveBytesTracker() as tracker:
+        dummy_run(model, spec, plan_dummy_run(tokens, seqs), device="cpu")
+    n = seqs * vocab
+    base = _sampler_base(tokens, seqs, vocab, H)
+    outputs = r(4 * n) + r(8 * n)         # sorted values (float32) and indices (int64)
+    if seqs >= 128:                       # segmented_sort_pairs: reverse indices + cub temp storage
+        workspace = r(8 * n) + r(_cub_temp(n, 4, 8))
+    else:                                 # by full sort: two int2 buffers, keys_out, cub temp storage
+        workspace = 2 * r(8 * n) + r(4 * n) + r(_cub_temp(n, 4, 8))
+    at_sort = base + workspace + outputs
+    at_scatter = base + outputs + 2 * r(n) + 2 * r(4 * n)   # masks, softmax buffer, scattered output
+    assert tracker.peak_bytes == max(at_sort, at_scatter) == at_sort
+    with LiveBytesTracker() as tracker:
+        dummy_run(model, spec, plan_dummy_run(tokens, seqs), device="cpu", kernel_workspaces=False)
+    assert tracker.peak_bytes == at_scatter
+
+
+def test_llama_3_1_8b_profile_run_under_fake_tensors_by_hand():
+    """The real config, vLLM 0.11 defaults for an H100 API server (8192 tokens, 256 seqs), no memory used."""
+    config = json.loads((Path(__file__).parent / "data" / "configs" / "meta-llama__Llama-3.1-8B.json").read_text())
+    spec = tiny_spec(config, model_id="meta-llama/Llama-3.1-8B")
+    tokens, rows, vocab, hidden = 8192, 256, 128256, 4096
+    with FakeTensorMode():
+        model = build_model(spec, load_format="dummy", device="cpu")
+        per_layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096   # q, o, k, v, mlp, norms
+        parameters = 32 * per_layer + 2 * 128256 * 4096 + 4096                     # untied embedding, lm_head
+        assert tensor_bytes(model) == 2 * parameters + 2 * 64 * 4                  # bf16 + inv_freq (x2) fp32
+        with LiveBytesTracker() as tracker:
+            dummy_run(model, spec, plan_dummy_run(tokens, rows), device="cpu")
+    n = rows * vocab
+    at_sort = (_sampler_base(tokens, rows, vocab, hidden) + r(8 * n) + r(_cub_temp(n, 4, 8))
+               + r(4 * n) + r(8 * n))
+    assert tracker.peak_bytes == at_sort
+    assert round(at_sort / 2**30, 3) == 1.228        # 38 bytes per row per vocabulary entry + hidden states
+
+
+# ------------------------------------------------------------------ MoE and other layouts ------------------
+
+def test_moe_experts_allocate_vllm_fused_moe_buffers_by_hand():
+    from kvadvise.profile.runner import profile_fused_experts
+
+    spec = tiny_spec(tiny_config("mixtral"))           # 4 experts, top-2, intermediate 128, hidden 64
+    model = build_model(spec, load_format="dummy")
+    experts = model.model.layers[0].mlp.experts
+    tokens, top_k, experts_count, n, k = 100, 2, 4, 2 * 128, 64
+    hidden = torch.zeros((tokens, k), dtype=torch.bfloat16)
+    index = torch.zeros((tokens, top_k), dtype=torch.int64)
+    weights = torch.zeros((tokens, top_k), dtype=torch.float32)
+    with LiveBytesTracker() as tracker:
+        out = profile_fused_experts(experts, hidden, index, weights)
+    padded = tokens * top_k + experts_count * (64 - 1)     # moe_align_block_size, BLOCK_SIZE_M 64 (M > E)
+    expected = (r(padded * 4) + r(-(-padded // 64) * 4) + r(4)    # sorted ids, expert ids, count (int32)
+                + r(tokens * top_k * max(n, k) * 2)               # cache13 (bf16)
+                + r(tokens * top_k * (n // 2) * 2)                # intermediate_cache2
+                + r(tokens * k * 2))                              # the output
+    assert tracker.peak_bytes == expected
+    assert tracker.current_bytes == r(tokens * k * 2) and tuple(out.shape) == (tokens, k)
+
+
+def test_other_decoder_layouts_gpt2_stage_surgery():
+    config = json.loads((Path(__file__).parent / "data" / "configs" / "openai-community__gpt2-large.json").read_text())
+    config.update(n_layer=2, n_embd=64, n_head=4, vocab_size=512, n_positions=128, bos_token_id=1, eos_token_id=1)
+    spec = tiny_spec(config)
+    first = build_model(spec, load_format="dummy", shape=ShardShape(partition=(1, 1), stage=0))
+    last = build_model(spec, load_format="dummy", shape=ShardShape(partition=(1, 1), stage=1))
+    assert locate_parts(first).has_embedding and locate_parts(first).lm_head is None
+    assert not locate_parts(last).has_embedding and last.transformer.wte is None
+    plan = plan_dummy_run(32, 4)
+    with LiveBytesTracker() as tracker:
+        dummy_run(last, spec, plan, device="cpu")
+    assert tracker.current_bytes == 0 and tracker.peak_bytes > 0
