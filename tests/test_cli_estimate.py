@@ -195,3 +195,29 @@ def test_gpus_local_cards_through_nvml_stand_in():
     devices, _ = local_devices(FakeNvml())
     assert devices == [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "total_bytes": 85520809984,
                         "free_bytes": 84000000000, "catalog_key": "H100-80GB-SXM"}]
+
+
+def test_partial_checkpoint_falls_back_to_the_config(tmp_path):
+    from kvadvise.estimate.engine import checkpoint_dir
+    from kvadvise.model.spec import load_model_spec
+
+    directory, _ = save_tiny_checkpoint("llama", tmp_path / "partial")
+    spec = load_model_spec(str(directory))
+    warnings: list[str] = []
+    assert checkpoint_dir(spec, warnings) == directory and warnings == []
+    (directory / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    assert checkpoint_dir(spec, warnings) is None
+    assert "lacks 1 of its 2 safetensors shards" in warnings[0]
+
+
+def test_mxfp4_model_on_two_ranks():
+    # gpt-oss's pad_token_id (199999) lies outside a TP rank's shrunk vocabulary (100544 rows): the estimate
+    # must still build the rank (the pad id holds no memory)
+    result = runner.invoke(app, ["estimate", str(CONFIGS / "openai__gpt-oss-20b.json"), "--gpu", "h100", "-tp", "2",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    document = _json(result)
+    assert document["estimate"]["weights"]["quantization"] == "mxfp4"
+    assert document["estimate"]["weights"]["quantization_scale_bytes"] > 0
+    assert document["estimate"]["activation"]["method"] == "fake-tensor trace"

@@ -139,3 +139,35 @@ def test_analytic_formula_by_hand():
     traced = estimate_activation(spec, PLAN, dtype="bfloat16", shape=ShardShape(), run_sampler=True,
                                  vllm_version="0.11").activation_peak_bytes
     assert traced / 2 < forward + sampler < traced * 2
+
+
+# ------------------------------------------------------------------ CUDA-graph pool -------------------------
+
+@pytest.mark.parametrize("name", ("llama", "deepseek_v2"))
+def test_decode_pool_trace_equals_the_real_decode_step(name):
+    """The graph pool estimate (one decode step at the largest capture size, fake tensors, shortcut model)
+    equals the same step run on real CPU tensors of the whole model."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from kvadvise.estimate.graphs import GRAPH_BYTES_PER_SIZE, estimate_graphs, trace_decode_pool
+    from kvadvise.profile.runner import prepare_decode_capture
+
+    spec = tiny_spec(_mixed(name))
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    model = build_fake_model(spec, dtype="bfloat16", shape=ShardShape(), fake_mode=fake_mode)
+    representative_layers(model)
+    pool = trace_decode_pool(model, spec, 24, shape=ShardShape(), fake_mode=fake_mode)
+
+    real_model = build_model(spec, load_format="dummy", dtype="bfloat16", device="cpu")
+    capture = prepare_decode_capture(real_model, spec, [24], device="cpu", shape=ShardShape())
+    tracker = LiveBytesTracker()
+    tracker.adopt(model_tensors(real_model))
+    tracker.adopt([capture.inputs.input_ids, capture.inputs.positions])
+    with tracker:
+        before = tracker.reset_peak()
+        output = capture.make_step(24)()
+        real = tracker.peak_bytes - before
+        del output
+    assert pool == real > 0
+    graphs = estimate_graphs(model, spec, [24, 16, 8, 4, 2, 1], shape=ShardShape(), fake_mode=fake_mode)
+    assert graphs.cuda_graph_bytes == pool + 6 * GRAPH_BYTES_PER_SIZE

@@ -133,6 +133,20 @@ def test_weights_within_2_percent_of_vllm_logs(config_name, tp, logged_gib, sour
     assert abs(ours - logged_gib) / logged_gib < 0.02, (source, ours)
 
 
+def test_deepseek_r1_tp8_fp8_against_the_hpu_fork_log():
+    # HabanaAI/vllm-fork#809 (vLLM's Gaudi fork, DeepSeek-R1 over 8 HPUs): "Pre-loading model weights on hpu:0
+    # took 79.41 GiB". Block-fp8 weights with float32 scale_inv blocks, bf16 embedding / lm_head / norms /
+    # routers, per rank. Ours: 79.29 GiB of parameters + 0.02 GiB rotary cache + 0.24 GiB of MLA W_UK/W_UV
+    # that vLLM's CUDA MLA backends dequantize from kv_b_proj (the HPU fork need not): 79.55 GiB, 0.2 % above.
+    weights = estimate_weights(_config("deepseek-ai__DeepSeek-R1.json"), model_dtype="bfloat16",
+                               plan=ShardPlan(tensor_parallel_size=8))
+    assert weights.quantization == "fp8_block"
+    assert abs(weights.weights_bytes / GIB - 79.41) / 79.41 < 0.02
+    assert abs(weights.parameter_bytes / GIB - 79.41) / 79.41 < 0.005
+    # the MTP layer (index 61 = num_hidden_layers) is not built, as vLLM does not load it without speculation
+    assert "MLA W_UK/W_UV dequantized from kv_b_proj" in weights.vllm_extra_detail
+
+
 def test_llama_31_8b_exact_to_the_log_rounding():
     weights = estimate_weights(_config("meta-llama__Llama-3.1-8B.json"), model_dtype="bfloat16")
     assert weights.weights_bytes == 16_060_522_496 + 131072 * 128 * 2

@@ -89,3 +89,33 @@ def test_capture_sizes_newer_rule():
     assert sizes[:3] == (512, 496, 480)
     assert 248 in sizes and 264 not in sizes and 272 in sizes
     assert cuda_graph_capture_sizes(256, 8192, "0.33", max_capture_size=64)[0] == 64
+
+
+def test_cublas_workspace_by_compute_capability():
+    from kvadvise.plan.dummy import cublas_workspace_bytes
+
+    # torch CublasHandlePool.cpp: ":4096:2:16:8" = 4096 KiB x 2 + 16 KiB x 8; 4096 KiB x 8 on Hopper/Blackwell
+    assert cublas_workspace_bytes(8) == 8_519_680
+    assert cublas_workspace_bytes(9) == cublas_workspace_bytes(10) == cublas_workspace_bytes(12) == 33_554_432
+    assert cublas_workspace_bytes(None) is None
+
+
+def test_vllm_rotary_cache_shapes_by_hand():
+    from kvadvise.plan.dummy import vllm_rotary_cache_bytes, vllm_rotary_cache_shapes
+
+    llama = {"max_position_embeddings": 131072, "hidden_size": 4096, "num_attention_heads": 32,
+             "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}}
+    assert vllm_rotary_cache_shapes(llama) == ((131072, 128),)
+    assert vllm_rotary_cache_bytes(llama, 2) == 32 * 2**20
+    # gemma-3: global layers linear x8 (max_len = 131072 * 8), local layers unscaled; head_dim 256
+    gemma = {"model_type": "gemma3_text", "max_position_embeddings": 131072, "head_dim": 256,
+             "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "rope_local_base_freq": 10000.0}
+    assert vllm_rotary_cache_shapes(gemma) == ((1048576, 256), (131072, 256))
+    assert vllm_rotary_cache_bytes(gemma, 2) == 576 * 2**20
+    # partial rotary (Qwen3-Next: 0.25 x 256), yarn (original x factor), MLA's rope head
+    assert vllm_rotary_cache_shapes({"max_position_embeddings": 262144, "head_dim": 256,
+                                     "partial_rotary_factor": 0.25}) == ((262144, 64),)
+    assert vllm_rotary_cache_shapes({"max_position_embeddings": 163840, "qk_rope_head_dim": 64,
+                                     "rope_scaling": {"type": "yarn", "factor": 40,
+                                                      "original_max_position_embeddings": 4096}}) == ((163840, 64),)
+    assert vllm_rotary_cache_shapes({"hidden_size": 64}) == ()

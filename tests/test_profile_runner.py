@@ -11,8 +11,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from kvadvise.errors import InputError
 from kvadvise.plan.dummy import plan_dummy_run
-from kvadvise.profile.build import (ShardShape, build_model, locate_parts, model_tensors, shard_config,
-                                    tensor_bytes)
+from kvadvise.plan.dummy import vllm_rotary_cache_bytes
+from kvadvise.profile.build import (VLLM_ROTARY_BUFFER, ShardShape, build_model, locate_parts, model_tensors,
+                                    shard_config, tensor_bytes)
 from kvadvise.profile.runner import dummy_run, prepare_decode_capture
 from kvadvise.profile.tracker import LiveBytesTracker, allocator_rounded_bytes as r
 from tiny_models import (REAL_CONFIGS, real_config, safetensors_tensor_bytes, save_tiny_checkpoint, tiny_config,
@@ -31,7 +32,9 @@ def checkpoints(tmp_path_factory):
 
 
 def _buffer_bytes(model) -> int:
-    return sum(b.untyped_storage().nbytes() for b in model.buffers())
+    """Transformers' own buffers (rotary inv_freq, gemma's embed scale), not the vLLM caches we add."""
+    return sum(b.untyped_storage().nbytes() for name, b in model.named_buffers()
+               if not name.startswith(VLLM_ROTARY_BUFFER))
 
 
 # ------------------------------------------------------------------ weights ---------------------------------
@@ -44,8 +47,10 @@ def test_weights_auto_and_dummy_equal_the_checkpoint(checkpoints, name):
     with LiveBytesTracker() as tracker:
         dummy = build_model(spec, load_format="dummy", device="cpu")
     # second method: parameters from the safetensors headers (numel x element size; tied weights are
-    # saved once), plus the buffers (rotary inv_freq, gemma's embed scale), which are not in the file
-    from_headers = sum(safetensors_tensor_bytes(path).values()) + _buffer_bytes(auto)
+    # saved once), plus transformers' buffers (rotary inv_freq, gemma's embed scale), which are not in
+    # the file, plus vLLM's rotary cos/sin caches by the formula (bf16)
+    from_headers = (sum(safetensors_tensor_bytes(path).values()) + _buffer_bytes(auto)
+                    + vllm_rotary_cache_bytes(spec.text_config, 2))
     assert tensor_bytes(auto) == from_headers
     assert tensor_bytes(dummy) == from_headers
     # what stays allocated after building (the profile's "weights") = those storages, allocator-rounded
@@ -58,6 +63,7 @@ def test_tiny_llama_weights_by_hand():
     per_layer = (64 * 64 + 64 * 32 * 2 + 64 * 64 + 3 * 64 * 128 + 2 * 64) * 2   # q, k+v, o, mlp, 2 norms
     embedding = 512 * 64 * 2                    # also the lm_head (tied)
     rotary = 2 * 8 * 4                          # inv_freq and original_inv_freq, float32, head_dim / 2
+    rotary += 131072 * 16 * 2                   # vLLM's cos/sin cache: max positions x head_dim, bf16
     spec = tiny_spec(tiny_config("llama"))
     full = build_model(spec, load_format="dummy")
     assert tensor_bytes(full) == embedding + 2 * per_layer + 64 * 2 + rotary
@@ -357,7 +363,9 @@ def test_llama_3_1_8b_profile_run_under_fake_tensors_by_hand():
         model = build_model(spec, load_format="dummy", device="cpu")
         per_layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096   # q, o, k, v, mlp, norms
         parameters = 32 * per_layer + 2 * 128256 * 4096 + 4096                     # untied embedding, lm_head
-        assert tensor_bytes(model) == 2 * parameters + 2 * 64 * 4                  # bf16 + inv_freq (x2) fp32
+        assert tensor_bytes(model) == (2 * parameters + 2 * 64 * 4                 # bf16 + inv_freq (x2) fp32
+                                       + 131072 * 128 * 2)                          # + vLLM's cos/sin cache
+        # = 14.99 GiB, what vLLM logs as "Model loading took" for Llama-3.1-8B
         with LiveBytesTracker() as tracker:
             dummy_run(model, spec, plan_dummy_run(tokens, rows), device="cpu")
     n = rows * vocab
@@ -402,3 +410,79 @@ def test_other_decoder_layouts_gpt2_stage_surgery():
     with LiveBytesTracker() as tracker:
         dummy_run(last, spec, plan, device="cpu")
     assert tracker.current_bytes == 0 and tracker.peak_bytes > 0
+
+
+# ------------------------------------------------------------------ public vLLM logs ------------------------
+
+ACTIVATION_CASES = json.loads((Path(__file__).parent / "data" / "activation_cases.json").read_text())["cases"]
+
+
+def _fake_activation(case: dict, cc_major: int) -> int:
+    from kvadvise.plan.dummy import cublas_workspace_bytes
+
+    config = json.loads((Path(__file__).parent / "data" / "configs" / case["config"]).read_text())
+    if case.get("test_layers"):
+        config["num_hidden_layers"] = case["test_layers"]
+    spec = tiny_spec(config, model_id=case["model"])
+    shape = ShardShape(tensor_parallel_size=case["tensor_parallel_size"])
+    plan = plan_dummy_run(case["max_num_batched_tokens"], case["max_num_seqs"])
+    with FakeTensorMode():
+        model = build_model(spec, load_format="dummy", device="cpu", shape=shape)
+        with LiveBytesTracker() as tracker:
+            dummy_run(model, spec, plan, device="cpu", shape=shape,
+                      cublas_workspace_bytes=cublas_workspace_bytes(cc_major))
+    return tracker.peak_bytes
+
+
+@pytest.mark.parametrize("case", [c for c in ACTIVATION_CASES if c["test"]], ids=lambda c: c["id"])
+def test_activation_of_public_logs_within_their_rounding(case):
+    peak = _fake_activation(case, cc_major=9)
+    logged = case["logged_activation_gib"]
+    assert (logged - 0.005) * 2**30 <= peak < (logged + 0.005) * 2**30
+
+
+def test_gemma3_seed_log_hand_count_and_known_shortfall():
+    case = next(c for c in ACTIVATION_CASES if c["id"] == "seed")
+    peak = _fake_activation(case, cc_major=10)
+    tokens, rows, vocab, hidden = 8192, 1024, 262208, 2560
+    n = rows * vocab
+    images = 8192 // 256                                  # encoder budget / tokens per image
+    by_hand = (_sampler_base(tokens, rows, vocab, hidden) + r(8 * n) + r(_cub_temp(n, 4, 8))
+               + r(4 * n) + r(8 * n) + 32 * 2**20        # + the cuBLAS workspace on compute capability 10
+               + r(images * 3 * 896 * 896 * 4)           # + the encoder's dummy pixel values (float32)
+               + r(images * 256 * 2560 * 2))             # + its image embeddings (bf16)
+    assert peak == by_hand
+    # documented miss (tests/data/activation_cases.json "why"): below the log by about 0.05 GiB
+    assert round((peak - case["logged_activation_gib"] * 2**30) / 2**30, 2) == case["error_gib"]
+
+
+def test_image_encoder_profiling_keeps_its_inputs_and_outputs_through_the_run():
+    from kvadvise.profile.runner import multimodal_encoder_items
+
+    spec = tiny_spec(tiny_config("gemma3"))      # 28 x 28 images, 4 tokens per image, text hidden 64
+    model = build_model(spec, load_format="dummy")
+    plan = plan_dummy_run(64, 64)                # the sampler (64 rows) sets the peak
+    assert multimodal_encoder_items(model, 64) == 16
+    peaks = []
+    for profile_encoder in (False, True):
+        with LiveBytesTracker() as tracker:
+            dummy_run(model, spec, plan, device="cpu", profile_encoder=profile_encoder)
+        assert tracker.current_bytes == 0
+        peaks.append(tracker.peak_bytes)
+    # 16 float32 images (3 x 28 x 28) and their embeddings (16 x 4 tokens x 64, bf16) stay alive
+    assert peaks[1] - peaks[0] == r(16 * 3 * 28 * 28 * 4) + r(16 * 4 * 64 * 2)
+    text_only = build_model(tiny_spec(tiny_config("llama")), load_format="dummy", device="meta")
+    assert multimodal_encoder_items(text_only, 64) is None
+
+
+def test_weights_of_a_public_log_qwen3_next_tp2():
+    """case04: 'Actual usage is 74.28 GiB for weight' on each TP 2 rank (vLLM 0.10.2)."""
+    case = next(c for c in ACTIVATION_CASES if c["id"] == "case04")
+    config = json.loads((Path(__file__).parent / "data" / "configs" / case["config"]).read_text())
+    spec = tiny_spec(config, model_id=case["model"])
+    with FakeTensorMode():
+        model = build_model(spec, load_format="dummy", device="cpu", shape=ShardShape(tensor_parallel_size=2))
+        weights = tensor_bytes(model)
+    logged = case["logged_weights_gib_suggestion_line"]
+    assert (logged - 0.005) * 2**30 <= weights < (logged + 0.005) * 2**30
+    assert weights == case["kvadvise_weights_bytes"]

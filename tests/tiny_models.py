@@ -116,8 +116,6 @@ def tiny_spec(config: dict, model_id: str = "tiny", config_path: str = "<dict>")
     obj = _config_object(config)
     text = obj.get_text_config(decoder=True)
     dtype = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
-    if dtype == "float32":
-        dtype = "float32"
     return ModelSpec(
         model_id=model_id, config_path=config_path, model_type=text.model_type,
         architectures=tuple(config.get("architectures") or ()), num_layers=text.num_hidden_layers,

@@ -76,9 +76,20 @@ def representative_layers(model: Any) -> tuple[int, int]:
 
 def build_fake_model(spec: Any, *, dtype: str, shape: Any, fake_mode: Any) -> Any:
     """The rank's model (kvadvise.profile.build.build_model, dummy) with fake tensors: no memory taken."""
+    import copy
+    from dataclasses import replace
+
     from kvadvise.errors import KvadviseError
     from kvadvise.profile.build import build_model
 
+    if shape.tensor_parallel_size > 1 and spec.raw_config:
+        # the pad token id only names a row of the embedding (no memory); on a TP rank's shrunk vocabulary
+        # it may fall outside (gpt-oss: 199999 of 100544 rows) and nn.Embedding refuses it
+        raw = copy.deepcopy(dict(spec.raw_config))
+        raw.pop("pad_token_id", None)
+        if isinstance(raw.get("text_config"), dict):
+            raw["text_config"].pop("pad_token_id", None)
+        spec = replace(spec, raw_config=raw)
     try:
         with fake_mode:
             return build_model(spec, load_format="dummy", dtype=dtype, device="cpu", shape=shape)

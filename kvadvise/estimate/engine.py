@@ -64,12 +64,48 @@ class EstimateResult:
     does_not_fit: Optional[InputError] = None
 
 
-def _checkpoint_dir(spec: Any) -> Optional[Path]:
+def shape_note(settings: Any, *, non_torch_given: bool) -> Optional[str]:
+    """What the estimate of one rank / stage stands for (profile's shape note, reworded for an estimate)."""
+    parts = []
+    if settings.tensor_parallel_size > 1:
+        parts.append(f"one tensor-parallel rank of {settings.tensor_parallel_size} (heads, kv heads, intermediate "
+                     "size and vocabulary divided as vLLM shards them)")
+    if settings.partition is not None:
+        parts.append(f"pipeline stage {settings.stage} of {len(settings.partition)} "
+                     f"({settings.partition[settings.stage]} layers)")
+    if not parts:
+        return None
+    note = "estimate of " + " and ".join(parts) + " from the config"
+    if settings.tensor_parallel_size > 1 and not non_torch_given:
+        note += ("; collective-communication buffers (NCCL / custom all-reduce) are in the non-torch default, "
+                 "from a public TP-2 log; give your own with --non-torch-memory if your interconnect differs")
+    return note
+
+
+def checkpoint_dir(spec: Any, warnings: list[str]) -> Optional[Path]:
+    """The local checkpoint directory whose safetensors headers give the weights, or None.
+
+    A partial download (model.safetensors.index.json names shards that are not there) is not used: the
+    headers would under-count; the meta build counts the whole model instead.
+    """
     path = Path(spec.config_path)
     directory = path.parent if path.name == "config.json" else None
-    if directory is not None and any(directory.glob("*.safetensors")):
-        return directory
-    return None
+    if directory is None or not any(directory.glob("*.safetensors")):
+        return None
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        try:
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        except (OSError, ValueError):
+            shards = set()
+        missing = sorted(name for name in shards if not (directory / name).exists())
+        if missing:
+            warnings.append(f"the checkpoint in {directory} lacks {len(missing)} of its {len(shards)} safetensors "
+                            "shards: weights are counted from the config instead of the headers")
+            return None
+    return directory
 
 
 def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Optional[int] = None,
@@ -104,7 +140,7 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
     start, stop = shape.layer_range(spec.num_layers)
     whole_plan = ShardPlan(tensor_parallel_size=shape.tensor_parallel_size, layer_start=start, layer_end=stop,
                            first_stage=shape.is_first_stage, last_stage=shape.is_last_stage)
-    checkpoint = _checkpoint_dir(spec) if use_checkpoint else None
+    checkpoint = checkpoint_dir(spec, warnings) if use_checkpoint else None
     extra_files = {}
     quant_path = Path(spec.config_path).parent / "hf_quant_config.json"
     if quant_path.is_file():
@@ -146,8 +182,8 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
             graph_detail = {"method": "decode-step pool at the largest capture size + a per-size figure",
                             "pool_bytes": graphs.pool_bytes, "bytes_per_size": graphs.per_size_bytes,
                             "num_sizes": graphs.num_sizes, "largest_size": graphs.largest_size}
-            warnings.append("CUDA-graph memory is estimated (decode-step pool + 8 MiB per capture size, from "
-                            "public vLLM logs); measured captures vary by up to 3x with the vLLM version and "
+            warnings.append("CUDA-graph memory is estimated (decode-step pool + 10 MiB per capture size, from "
+                            "a public vLLM log); measured captures vary by up to 3x with the vLLM version and "
                             "backend: `kvadvise profile` on the card measures it")
         except Exception as error:
             from kvadvise.estimate.graphs import GRAPH_BYTES_PER_SIZE
@@ -167,6 +203,10 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
         default = default_non_torch(card.family, card.catalog_key, settings.tensor_parallel_size)
         non_torch, non_torch_method, non_torch_source = default.bytes, "estimated", default.source
 
+    if card.free_bytes_at_start == card.total_bytes:
+        warnings.append("free memory at start is taken as the card's total: on a real card the CUDA context "
+                        "(typically 0.3-0.6 GiB) and any other process hold some before vLLM starts, so the 'full' "
+                        "value is an upper bound (give --gpu-free); 'fit' does not depend on it")
     memory = NonKvMemory(weights.weights_bytes, activation.activation_peak_bytes, non_torch, graph_bytes,
                          weights_method="estimated", activation_peak_method="estimated",
                          non_torch_method=non_torch_method, cuda_graph_method=graph_method)
@@ -182,9 +222,9 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
         warnings.append(f"only {card.free_bytes_at_start} bytes are free at start: vLLM's start-up gate (free >= "
                         f"total x util) fails at --gpu-memory-utilization {settings.gpu_memory_utilization}; the "
                         f"commands use {advice.gate_gpu_memory_utilization:.2f}, which passes it")
-    note = session.shape_note(settings)
+    note = shape_note(settings, non_torch_given=non_torch_bytes is not None)
     if note:
-        warnings.append(note.replace("measurement", "estimate").replace("with dummy weights", "from the config"))
+        warnings.append(note)
     resolved = {
         "tensor_parallel_size": settings.tensor_parallel_size,
         "pipeline_parallel_size": settings.pipeline_parallel_size,

@@ -5,7 +5,7 @@ shared memory pool, so the pool is about the peak of the largest step; we trace 
 prepare_decode_capture, the same decoder on `largest` sequences of one token) under FakeTensorMode with
 the LiveBytesTracker. Each captured graph also keeps memory of its own outside what torch's tensors show
 (graph exec objects, per-graph workspaces): GRAPH_BYTES_PER_SIZE per capture size, a rough figure from
-public vLLM V1 logs (see its comment). Both are estimates and are marked so.
+a public vLLM V1 log (see its comment). Both are estimates and are marked so.
 
 Non-torch memory (CUDA context growth after vLLM's start-up snapshot, cuBLAS/cuDNN workspaces, NCCL /
 custom all-reduce buffers with TP > 1): a default by GPU family from public vLLM logs ("non_torch_memory
@@ -42,11 +42,12 @@ NON_TORCH_TP_EXTRA_DATACENTER_BYTES = _gib(138) - _gib(16)
 NON_TORCH_TP_EXTRA_CONSUMER_BYTES = _gib(25) - _gib(8)
 CONSUMER_KEYS = ("RTX-3090", "RTX-4090", "RTX-5090", "RTX-PRO-6000", "A10", "A10G", "L4")
 
-# Per captured size, beyond the shared pool: public vLLM V1 logs show 0.55-0.63 GiB of graph memory for
-# dense 0.6B-24B models at the default capture sizes (e.g. "Graph capturing finished in 5 secs, took
-# 0.63 GiB" for Qwen3-0.6B; "took 0.55 GiB" for a 7B and a 24B model), of which the shared pool is below
-# 0.1 GiB: about 0.5 GiB over vLLM's 67 default sizes (max_num_seqs >= 256), 8 MiB per size.
-GRAPH_BYTES_PER_SIZE = 8 * MIB
+# Per captured size, beyond the shared pool. A public vLLM V1 log of an 8B dense model ("Model loading took
+# 14.99 GiB"; "Capturing CUDA graphs (mixed prefill-decode, PIECEWISE): 51/51", "(decode, FULL): 35/35",
+# "Graph capturing finished in 5 secs, took 0.55 GiB"; find_string id 62837958212) minus the pool we trace
+# for Llama-3.1-8B at 512 sequences (0.06 GiB) leaves 0.49 GiB over 51 sizes: 9.9 MiB a size, rounded up.
+# Other public V1 logs: 0.55-0.63 GiB for dense 0.6B-8B models at the default sizes; 0.09-3.5 GiB overall.
+GRAPH_BYTES_PER_SIZE = 10 * MIB
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ are built (profile/runner.py runs the plan). Pure: no torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 GIB = 1 << 30
 
@@ -37,15 +37,17 @@ def vllm_default_batch(total_bytes: int, device_name: Optional[str], vllm_versio
     server, 16384 for the offline LLM class, 1024 seqs; otherwise 2048 / 8192 tokens and 256 seqs.
     vLLM 0.28 added a tier above it ("for GPUs like B200/B300 with >= 160GB memory, use the largest
     defaults"): 16384 tokens for the API server. The offline-LLM token count of that tier was not read;
-    we keep the 70 GiB tier's 16384 for it (the smaller side: a smaller dummy batch, noted in the docs).
+    we keep the 70 GiB tier's 16384 for it: unverified, and if vLLM uses more, our dummy batch is smaller
+    than vLLM's (the side that over-states "fit"). Pass the value explicitly when it matters.
     """
     if usage not in (USAGE_API_SERVER, USAGE_LLM):
         raise ValueError(f"usage must be {USAGE_API_SERVER!r} or {USAGE_LLM!r}, not {usage!r}")
     name = (device_name or "").lower()
     version = _version_key(vllm_version)
     # mirrors vLLM 0.28+ engine/arg_utils.py get_batch_defaults: the >= 160 GiB tier comes first
+    # (API server 16384 tokens; the offline-LLM value of this tier is not verified, 16384 kept)
     if version >= (0, 28) and total_bytes >= 160 * GIB:
-        return (16384 if usage == USAGE_API_SERVER else 16384), 1024
+        return 16384, 1024
     # mirrors vLLM 0.11 engine/arg_utils.py: `device_memory >= 70 * GiB_bytes and "a100" not in device_name`
     if total_bytes >= 70 * GIB and "a100" not in name:
         return (8192 if usage == USAGE_API_SERVER else 16384), 1024
@@ -121,3 +123,76 @@ def cuda_graph_capture_sizes(max_num_seqs: int, max_num_batched_tokens: int, vll
         sizes = [1, 2, 4] + list(range(8, largest + 1, 8))
     sizes = [s for s in sizes if s <= max_num_batched_tokens]
     return tuple(sorted(set(sizes), reverse=True))
+
+
+# mirrors PyTorch 2.8 aten/src/ATen/cuda/CublasHandlePool.cpp parseChosenWorkspaceSize: the default
+# cuBLAS workspace (":4096:2:16:8") is 4096 KiB * 2 + 16 KiB * 8, and 4096 KiB * 8 = 32 MiB on Hopper and
+# Blackwell (compute capability 9.x, 10.x, 12.x). It comes from the caching allocator at the first matmul,
+# which in vLLM is inside the profile run, so vLLM's activation peak includes it.
+CUBLAS_WORKSPACE_BYTES_DEFAULT = 4096 * 1024 * 2 + 16 * 1024 * 8
+CUBLAS_WORKSPACE_BYTES_HOPPER_BLACKWELL = 4096 * 8 * 1024
+
+
+def cublas_workspace_bytes(compute_capability_major: Optional[int]) -> Optional[int]:
+    """torch's default cuBLAS workspace on a card of that compute capability; None when unknown."""
+    if compute_capability_major is None:
+        return None
+    if compute_capability_major in (9, 10, 12):
+        return CUBLAS_WORKSPACE_BYTES_HOPPER_BLACKWELL
+    return CUBLAS_WORKSPACE_BYTES_DEFAULT
+
+
+def _rope_entries(text_config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The distinct rope settings of a text config (raw `rope_scaling` or transformers 5 `rope_parameters`)."""
+    rope = text_config.get("rope_scaling") or text_config.get("rope_parameters") or {}
+    if isinstance(rope, Mapping) and rope and all(isinstance(v, Mapping) for v in rope.values()):
+        return [rope[key] for key in sorted(rope)]            # per layer type (gemma-3 style)
+    entries = [rope if isinstance(rope, Mapping) else {}]
+    model_type = str(text_config.get("model_type", ""))
+    if model_type.startswith("gemma3"):
+        # mirrors vLLM 0.11 models/gemma3.py: sliding layers use rope_local_base_freq without scaling
+        entries.append({"rope_type": "default", "rope_theta": text_config.get("rope_local_base_freq", 10000.0)})
+    return entries
+
+
+def vllm_rotary_cache_shapes(text_config: Mapping[str, Any]) -> tuple[tuple[int, int], ...]:
+    """(positions, rotary_dim) of every cos/sin cache vLLM keeps for a model (one per distinct rope).
+
+    mirrors vLLM 0.11 model_executor/layers/rotary_embedding (get_rope caches one module per argument
+    set; each registers `cos_sin_cache` of (max_len, rotary_dim) in the model dtype, counted in "Model
+    loading took"): max_len = max_position_embeddings for default / llama3 / mrope ropes,
+    max_position_embeddings x factor for linear and dynamic scaling, original_max_position_embeddings x
+    factor for yarn and deepseek_yarn. rotary_dim = head_dim x partial_rotary_factor (qk_rope_head_dim for
+    MLA). Transformers keeps only inv_freq, so this is what a transformers-built model lacks.
+    """
+    max_positions = int(text_config.get("max_position_embeddings") or 0)
+    if max_positions <= 0:
+        return ()
+    if text_config.get("qk_rope_head_dim"):
+        rotary_dim = int(text_config["qk_rope_head_dim"])
+    else:
+        head_dim = text_config.get("head_dim")
+        if not head_dim:
+            heads = text_config.get("num_attention_heads")
+            hidden = text_config.get("hidden_size")
+            if not heads or not hidden:
+                return ()
+            head_dim = hidden // heads
+        rotary_dim = int(head_dim * float(text_config.get("partial_rotary_factor") or 1.0))
+    shapes = []
+    for rope in _rope_entries(text_config):
+        kind = rope.get("rope_type") or rope.get("type") or "default"
+        factor = float(rope.get("factor") or 1.0)
+        if kind in ("linear", "dynamic"):
+            length = int(max_positions * factor)
+        elif kind in ("yarn", "deepseek_yarn"):
+            length = int(int(rope.get("original_max_position_embeddings") or max_positions) * factor)
+        else:
+            length = max_positions
+        shapes.append((length, rotary_dim))
+    return tuple(shapes)
+
+
+def vllm_rotary_cache_bytes(text_config: Mapping[str, Any], dtype_bytes: int) -> int:
+    """Bytes of vLLM's rotary cos/sin caches for a text config, in a dtype of dtype_bytes per element."""
+    return sum(length * dim * dtype_bytes for length, dim in vllm_rotary_cache_shapes(text_config))

@@ -7,8 +7,8 @@ how to load a local checkpoint (`load_format="auto"`) or to build from the confi
 weights straight on the device (`"dummy"`, no host copy), also on "meta" or under FakeTensorMode.
 
 Does not know: vLLM's own module layout. The weights are the Hugging Face model's parameters and
-buffers; vLLM differs by (a) its rotary cos/sin cache (max_position x rotary_dim, kept as a buffer by
-vLLM, absent here: transformers keeps only inv_freq), (b) vocabulary padding to a multiple of 64 in
+buffers, plus vLLM's rotary cos/sin caches (see below); vLLM differs by (a) transformers' own small
+rotary inv_freq buffers, (b) vocabulary padding to a multiple of 64 in
 VocabParallelEmbedding (applied here only for T > 1, so that dummy and checkpoint loads agree at T = 1),
 (c) multimodal encoders, which are built whole on every rank and stage here (their TP split is not
 expressible in a transformers config; vLLM's placement varies by model; keeping them errs on the side of
@@ -16,6 +16,8 @@ a smaller KV budget), (d) quantization: a dummy build ignores `quantization_conf
 weights in the model dtype (an fp8 / int4 / mxfp4 checkpoint's weights are over-counted: load it with
 "auto", or take weights from the safetensors headers). A sharded build is shape-equivalent to a
 rank of a parallel deployment; it has no collective buffers (NCCL, custom all-reduce).
+vLLM's rotary cos/sin caches, which transformers does not keep, are added as buffers (build_model's
+vllm_rotary_caches) so that the weights match vLLM's "Model loading took".
 """
 
 from __future__ import annotations
@@ -322,9 +324,26 @@ def _fill_dummy(model) -> None:
                 parameter.uniform_(DUMMY_WEIGHT_LOW, DUMMY_WEIGHT_HIGH)
 
 
+VLLM_ROTARY_BUFFER = "vllm_rotary_cache"
+
+
+def _add_vllm_rotary_caches(model, spec: ModelSpec, torch_dtype, device) -> None:
+    """Allocate vLLM's rotary cos/sin caches (which transformers does not keep) as model buffers."""
+    import torch
+
+    from kvadvise.plan.dummy import vllm_rotary_cache_shapes
+
+    text = dict(spec.text_config) if spec.text_config else _text_config(model.config).to_dict()
+    text.setdefault("model_type", spec.model_type)
+    for index, (length, dim) in enumerate(vllm_rotary_cache_shapes(text)):
+        model.register_buffer(f"{VLLM_ROTARY_BUFFER}_{index}",
+                              torch.empty((length, dim), dtype=torch_dtype, device=device), persistent=False)
+
+
 def build_model(spec: ModelSpec, *, load_format: str = "dummy", model_path: Optional[str] = None,
                 dtype: str = "auto", device: Any = "cpu", shape: ShardShape = ShardShape(),
-                trust_remote_code: bool = False, revision: Optional[str] = None):
+                trust_remote_code: bool = False, revision: Optional[str] = None,
+                vllm_rotary_caches: bool = True):
     """Build (dummy) or load (auto) the model one rank holds, in eval mode, directly on `device`.
 
     dummy: constructed from the (sharded) config under `torch.device(device)` with initialisation
@@ -332,6 +351,9 @@ def build_model(spec: ModelSpec, *, load_format: str = "dummy", model_path: Opti
     vLLM's dummy values in place. Works with device "meta" and under FakeTensorMode.
     auto: `from_pretrained` of a local checkpoint (or the local HF cache) straight to the device; only
     for the whole model (a TP rank or PP stage is measured with dummy weights).
+    vllm_rotary_caches: also allocate the rotary cos/sin caches vLLM keeps and counts in its weights
+    (kvadvise.plan.dummy.vllm_rotary_cache_shapes; e.g. 576 MiB for gemma-3-4b, 32 MiB for Llama-3.1-8B),
+    as buffers named vllm_rotary_cache_<i>.
     """
     import torch
 
@@ -354,6 +376,8 @@ def build_model(spec: ModelSpec, *, load_format: str = "dummy", model_path: Opti
         except OSError as error:
             raise InputError(f"cannot load the checkpoint {source!r}: {error}",
                              hint="give a local directory with safetensors, or use --load-format dummy") from None
+        if vllm_rotary_caches:
+            _add_vllm_rotary_caches(model, spec, torch_dtype, device)
         model.eval()
         return model
 
@@ -374,6 +398,8 @@ def build_model(spec: ModelSpec, *, load_format: str = "dummy", model_path: Opti
     # no_init_weights also skipped tying; tie as post_init would (tied embeddings are one tensor)
     model.tie_weights()
     _apply_stage(model, shape)
+    if vllm_rotary_caches:
+        _add_vllm_rotary_caches(model, spec, torch_dtype, device)
     _fill_dummy(model)
     model.eval()
     model.requires_grad_(False)

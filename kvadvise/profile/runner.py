@@ -14,7 +14,11 @@ Mirrors vLLM 0.11 v1/worker/gpu_model_runner.py `profile_run` / `_dummy_run` / `
   logits are `lm_head(rand_like(h))` in the model dtype (vLLM compute_logits), softcapped if the config
   says so, all-gathered over the vocabulary on a TP rank; the sampler is kvadvise/profile/sampler.py.
 - off the first pipeline stage, vLLM's intermediate tensors (hidden states and residual, each
-  max_num_tokens x hidden) are allocated during the run and are the stage's input.
+  max_num_tokens x hidden) are allocated during the run and are the stage's input;
+- image models with a fixed token count per image (Gemma 3) first run the encoder on the largest dummy
+  image batch and keep its inputs and outputs alive through the rest of the run, as vLLM's profile_run;
+- on CPU and fake tensors, placeholders stand for allocations a CUDA process makes inside kernels: the
+  CUDA sort's workspace (sampler.py) and, when asked, the cuBLAS workspace of the first matmul.
 
 What differs from vLLM (the modules are transformers', not vLLM's): unfused q/k/v and gate/up
 projections, RMSNorm in float32 and a separate residual add (vLLM fuses both), transformers' rotary
@@ -211,9 +215,52 @@ def _forward(parts, inputs: DummyInputs, num_tokens: int):
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
+def _profile_encoder(model, num_tokens: int, device) -> Optional[tuple]:
+    """vLLM's multimodal encoder profiling, for image models with a fixed token count per image.
+
+    mirrors vLLM 0.11 v1/worker/gpu_model_runner.py profile_run: the encoder runs first on the largest
+    dummy batch the encoder budget allows (max(max_num_batched_tokens, tokens per item) // tokens per
+    item images of the maximum size), and `batched_dummy_mm_inputs` / `dummy_encoder_outputs` stay
+    referenced (locals, and the encoder cache) until profile_run returns, i.e. through the language
+    model's run and the sampler. Pixel values stay float32 as the processor made them (the encoder casts
+    a copy). Done for configs that state `mm_tokens_per_image` and `vision_config.image_size` (Gemma 3);
+    other multimodal models (dynamic resolution, video, audio) are not profiled here: returns None.
+    """
+    import torch
+
+    config = model.config
+    per_item = getattr(config, "mm_tokens_per_image", None)
+    vision = getattr(config, "vision_config", None)
+    size = getattr(vision, "image_size", None) if vision is not None else None
+    if not per_item or not size or not hasattr(model, "get_image_features"):
+        return None
+    items = max(num_tokens, per_item) // per_item
+    channels = getattr(vision, "num_channels", 3) or 3
+    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    pixel_values = torch.zeros((items, channels, size, size), dtype=torch.float32, device=device)
+    output = model.get_image_features(pixel_values.to(dtype))
+    # vLLM keeps the projected embeddings only (get_multimodal_embeddings), not the tower's states
+    features = getattr(output, "pooler_output", None)
+    if features is None:
+        features = output[0] if isinstance(output, (tuple, list)) else output
+    del output
+    return pixel_values, features
+
+
+def multimodal_encoder_items(model, num_tokens: int) -> Optional[int]:
+    """How many dummy images the encoder profiling uses (None: not profiled for this model)."""
+    config = getattr(model, "config", None)
+    per_item = getattr(config, "mm_tokens_per_image", None)
+    vision = getattr(config, "vision_config", None)
+    if not per_item or vision is None or not getattr(vision, "image_size", None):
+        return None
+    return max(num_tokens, per_item) // per_item
+
+
 def dummy_run(model, spec: ModelSpec, plan: DummyRunPlan, *, device, run_sampler: bool = True,
               sampler_version: str = "0.11", shape: Optional[ShardShape] = None,
-              inputs: Optional[DummyInputs] = None, kernel_workspaces: Optional[bool] = None) -> None:
+              inputs: Optional[DummyInputs] = None, kernel_workspaces: Optional[bool] = None,
+              cublas_workspace_bytes: int = 0, profile_encoder: bool = True) -> None:
     """One vLLM profile run: forward of plan.num_tokens tokens without KV cache, then the sampler.
 
     Nothing is kept: every tensor made here is released before returning (the caller measures the peak
@@ -221,6 +268,11 @@ def dummy_run(model, spec: ModelSpec, plan: DummyRunPlan, *, device, run_sampler
     made here, and counted, when not given. The sampler runs only where the model has an lm_head (the
     last pipeline stage) and run_sampler is true. kernel_workspaces: emulate the CUDA sort kernel's own
     allocations (None = on CPU and fake tensors, not on a real CUDA device; see sampler.py).
+    cublas_workspace_bytes: on CPU / fake tensors, a placeholder for the cuBLAS workspace that a CUDA
+    process allocates at its first matmul (kvadvise.plan.dummy.cublas_workspace_bytes for the target
+    card), live from the first layer to the end; 0 = none (a real CUDA device makes its own).
+    profile_encoder: on the first stage of an image model, run the encoder first and keep its dummy
+    inputs and outputs alive, as vLLM does (see _profile_encoder).
     """
     import torch
 
@@ -229,6 +281,10 @@ def dummy_run(model, spec: ModelSpec, plan: DummyRunPlan, *, device, run_sampler
     with torch.inference_mode(), profile_implementations(model):
         if own_inputs:
             inputs = make_dummy_inputs(plan, model, device=device)
+        cublas_workspace = (torch.empty(cublas_workspace_bytes, dtype=torch.uint8, device=device)
+                            if cublas_workspace_bytes > 0 else None)
+        encoder_kept = (_profile_encoder(model, plan.num_tokens, device)
+                        if profile_encoder and parts.has_embedding else None)
         if not parts.has_embedding:
             # mirrors vLLM 0.11 gpu_model_runner._dummy_run: self.intermediate_tensors =
             # self.model.make_empty_intermediate_tensors(batch_size=self.max_num_tokens, ...)
@@ -245,7 +301,7 @@ def dummy_run(model, spec: ModelSpec, plan: DummyRunPlan, *, device, run_sampler
             dummy_sampler_run(last_hidden_states, _compute_logits(model, spec, shape),
                               vllm_version=sampler_version, kernel_workspaces=kernel_workspaces)
             del last_hidden_states
-        del hidden_states
+        del hidden_states, cublas_workspace, encoder_kept
         if own_inputs:
             inputs = None
         elif inputs.intermediate is not None:
