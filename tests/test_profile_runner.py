@@ -43,9 +43,9 @@ def _buffer_bytes(model) -> int:
 def test_weights_auto_and_dummy_equal_the_checkpoint(checkpoints, name):
     path, config = checkpoints[name]
     spec = tiny_spec(config)
-    auto = build_model(spec, load_format="auto", model_path=str(path))
+    auto = build_model(spec, load_format="auto", model_path=str(path), vllm_rotary_caches=True)
     with LiveBytesTracker() as tracker:
-        dummy = build_model(spec, load_format="dummy", device="cpu")
+        dummy = build_model(spec, load_format="dummy", device="cpu", vllm_rotary_caches=True)
     # second method: parameters from the safetensors headers (numel x element size; tied weights are
     # saved once), plus transformers' buffers (rotary inv_freq, gemma's embed scale), which are not in
     # the file, plus vLLM's rotary cos/sin caches by the formula (bf16)
@@ -65,16 +65,20 @@ def test_tiny_llama_weights_by_hand():
     rotary = 2 * 8 * 4                          # inv_freq and original_inv_freq, float32, head_dim / 2
     rotary += 131072 * 16 * 2                   # vLLM's cos/sin cache: max positions x head_dim, bf16
     spec = tiny_spec(tiny_config("llama"))
-    full = build_model(spec, load_format="dummy")
+    full = build_model(spec, load_format="dummy", vllm_rotary_caches=True)
     assert tensor_bytes(full) == embedding + 2 * per_layer + 64 * 2 + rotary
+    plain = build_model(spec, load_format="dummy")              # without vLLM's cache (the default)
+    assert tensor_bytes(plain) == tensor_bytes(full) - 131072 * 16 * 2
     # pipeline stages (1, 1): embedding on the first only; final norm and lm_head on the last only
-    first = build_model(spec, load_format="dummy", shape=ShardShape(partition=(1, 1), stage=0))
-    last = build_model(spec, load_format="dummy", shape=ShardShape(partition=(1, 1), stage=1))
+    first = build_model(spec, load_format="dummy", shape=ShardShape(partition=(1, 1), stage=0),
+                        vllm_rotary_caches=True)
+    last = build_model(spec, load_format="dummy", shape=ShardShape(partition=(1, 1), stage=1),
+                       vllm_rotary_caches=True)
     assert tensor_bytes(first) == embedding + per_layer + rotary
     assert tensor_bytes(last) == per_layer + 64 * 2 + embedding + rotary
     assert locate_parts(first).lm_head is None and locate_parts(last).has_embedding is False
     # TP 2: heads 2, kv heads 1, intermediate 64, vocab 256 per rank; norms replicated
-    half = build_model(spec, load_format="dummy", shape=ShardShape(tensor_parallel_size=2))
+    half = build_model(spec, load_format="dummy", shape=ShardShape(tensor_parallel_size=2), vllm_rotary_caches=True)
     per_layer_tp2 = (64 * 32 + 64 * 16 * 2 + 32 * 64 + 3 * 64 * 64 + 2 * 64) * 2
     assert tensor_bytes(half) == 256 * 64 * 2 + 2 * per_layer_tp2 + 64 * 2 + rotary
 
@@ -305,6 +309,11 @@ def test_decode_step_for_graph_capture(tiny_llama):
     assert tuple(hidden.shape) == (1, 4, H)
     with pytest.raises(ValueError):
         capture.make_step(16)
+    # a later pipeline stage reads vLLM's intermediate tensors (hidden states, residual) instead of ids
+    last = build_model(spec, load_format="dummy", shape=ShardShape(partition=(1, 1), stage=1))
+    capture = prepare_decode_capture(last, spec, [8, 4], device="cpu")
+    assert capture.static_bytes == 8 * 4 + 8 * 8 + 2 * 8 * H * 2
+    assert tuple(capture.make_step(8)().shape) == (1, 8, H)
 
 
 # ------------------------------------------------------------------ the CUDA sort's own workspace -----------
@@ -360,7 +369,7 @@ def test_llama_3_1_8b_profile_run_under_fake_tensors_by_hand():
     spec = tiny_spec(config, model_id="meta-llama/Llama-3.1-8B")
     tokens, rows, vocab, hidden = 8192, 256, 128256, 4096
     with FakeTensorMode():
-        model = build_model(spec, load_format="dummy", device="cpu")
+        model = build_model(spec, load_format="dummy", device="cpu", vllm_rotary_caches=True)
         per_layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096   # q, o, k, v, mlp, norms
         parameters = 32 * per_layer + 2 * 128256 * 4096 + 4096                     # untied embedding, lm_head
         assert tensor_bytes(model) == (2 * parameters + 2 * 64 * 4                 # bf16 + inv_freq (x2) fp32
@@ -481,8 +490,25 @@ def test_weights_of_a_public_log_qwen3_next_tp2():
     config = json.loads((Path(__file__).parent / "data" / "configs" / case["config"]).read_text())
     spec = tiny_spec(config, model_id=case["model"])
     with FakeTensorMode():
-        model = build_model(spec, load_format="dummy", device="cpu", shape=ShardShape(tensor_parallel_size=2))
+        model = build_model(spec, load_format="dummy", device="cpu", shape=ShardShape(tensor_parallel_size=2),
+                            vllm_rotary_caches=True)
         weights = tensor_bytes(model)
     logged = case["logged_weights_gib_suggestion_line"]
     assert (logged - 0.005) * 2**30 <= weights < (logged + 0.005) * 2**30
     assert weights == case["kvadvise_weights_bytes"]
+
+
+def test_an_out_of_memory_error_mid_run_leaves_nothing_alive(tiny_llama, monkeypatch):
+    import kvadvise.profile.sampler as sampler
+
+    def out_of_memory(probs):
+        raise MemoryError("simulated: out of device memory in the sampler")
+
+    monkeypatch.setattr(sampler, "random_sample", out_of_memory)
+    spec, model = tiny_llama
+    with LiveBytesTracker() as tracker:
+        with pytest.raises(MemoryError) as caught:
+            dummy_run(model, spec, plan_dummy_run(64, 8), device="cpu")
+        assert caught.value.__traceback__ is not None      # the error (and its traceback) still referenced
+        assert tracker.current_bytes == 0
+    assert model.config._attn_implementation != "kvadvise_profile"

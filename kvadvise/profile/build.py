@@ -7,8 +7,8 @@ how to load a local checkpoint (`load_format="auto"`) or to build from the confi
 weights straight on the device (`"dummy"`, no host copy), also on "meta" or under FakeTensorMode.
 
 Does not know: vLLM's own module layout. The weights are the Hugging Face model's parameters and
-buffers, plus vLLM's rotary cos/sin caches (see below); vLLM differs by (a) transformers' own small
-rotary inv_freq buffers, (b) vocabulary padding to a multiple of 64 in
+buffers (plus, on request, vLLM's rotary cos/sin caches: see below); vLLM differs by (a) transformers'
+own small rotary inv_freq buffers, (b) vocabulary padding to a multiple of 64 in
 VocabParallelEmbedding (applied here only for T > 1, so that dummy and checkpoint loads agree at T = 1),
 (c) multimodal encoders, which are built whole on every rank and stage here (their TP split is not
 expressible in a transformers config; vLLM's placement varies by model; keeping them errs on the side of
@@ -16,8 +16,8 @@ a smaller KV budget), (d) quantization: a dummy build ignores `quantization_conf
 weights in the model dtype (an fp8 / int4 / mxfp4 checkpoint's weights are over-counted: load it with
 "auto", or take weights from the safetensors headers). A sharded build is shape-equivalent to a
 rank of a parallel deployment; it has no collective buffers (NCCL, custom all-reduce).
-vLLM's rotary cos/sin caches, which transformers does not keep, are added as buffers (build_model's
-vllm_rotary_caches) so that the weights match vLLM's "Model loading took".
+vLLM's rotary cos/sin caches, which transformers does not keep, are added as buffers with build_model's
+vllm_rotary_caches=True, so that the weights match vLLM's "Model loading took" (off by default for now).
 """
 
 from __future__ import annotations
@@ -343,7 +343,7 @@ def _add_vllm_rotary_caches(model, spec: ModelSpec, torch_dtype, device) -> None
 def build_model(spec: ModelSpec, *, load_format: str = "dummy", model_path: Optional[str] = None,
                 dtype: str = "auto", device: Any = "cpu", shape: ShardShape = ShardShape(),
                 trust_remote_code: bool = False, revision: Optional[str] = None,
-                vllm_rotary_caches: bool = True):
+                vllm_rotary_caches: bool = False):
     """Build (dummy) or load (auto) the model one rank holds, in eval mode, directly on `device`.
 
     dummy: constructed from the (sharded) config under `torch.device(device)` with initialisation
@@ -353,7 +353,9 @@ def build_model(spec: ModelSpec, *, load_format: str = "dummy", model_path: Opti
     for the whole model (a TP rank or PP stage is measured with dummy weights).
     vllm_rotary_caches: also allocate the rotary cos/sin caches vLLM keeps and counts in its weights
     (kvadvise.plan.dummy.vllm_rotary_cache_shapes; e.g. 576 MiB for gemma-3-4b, 32 MiB for Llama-3.1-8B),
-    as buffers named vllm_rotary_cache_<i>.
+    as buffers named vllm_rotary_cache_<i>. Off by default until profile and estimate both count them
+    (estimate's header-based weights add kvadvise.plan.dummy.vllm_rotary_cache_bytes); without them the
+    weights are short of vLLM's by that much (the side that over-states "fit").
     """
     import torch
 

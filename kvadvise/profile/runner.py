@@ -278,33 +278,41 @@ def dummy_run(model, spec: ModelSpec, plan: DummyRunPlan, *, device, run_sampler
 
     parts = locate_parts(model)
     own_inputs = inputs is None
-    with torch.inference_mode(), profile_implementations(model):
-        if own_inputs:
-            inputs = make_dummy_inputs(plan, model, device=device)
-        cublas_workspace = (torch.empty(cublas_workspace_bytes, dtype=torch.uint8, device=device)
-                            if cublas_workspace_bytes > 0 else None)
-        encoder_kept = (_profile_encoder(model, plan.num_tokens, device)
-                        if profile_encoder and parts.has_embedding else None)
-        if not parts.has_embedding:
-            # mirrors vLLM 0.11 gpu_model_runner._dummy_run: self.intermediate_tensors =
-            # self.model.make_empty_intermediate_tensors(batch_size=self.max_num_tokens, ...)
-            hidden = _text_config(model).hidden_size
-            dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
-            inputs.intermediate = (torch.zeros((plan.num_tokens, hidden), dtype=dtype, device=device),
-                                   torch.zeros((plan.num_tokens, hidden), dtype=dtype, device=device))
-        hidden_states = _forward(parts, inputs, plan.num_tokens)
-        if run_sampler and parts.lm_head is not None:
-            # hidden_states[logit_indices] with a numpy index: an int64 index tensor, then a copy
-            index = _device_tensor(plan.last_token_indices, device)
-            last_hidden_states = hidden_states[0, index]
-            del index
-            dummy_sampler_run(last_hidden_states, _compute_logits(model, spec, shape),
-                              vllm_version=sampler_version, kernel_workspaces=kernel_workspaces)
-            del last_hidden_states
-        del hidden_states, cublas_workspace, encoder_kept
+    hidden_states = last_hidden_states = index = cublas_workspace = encoder_kept = None
+    try:
+        with torch.inference_mode(), profile_implementations(model):
+            if own_inputs:
+                inputs = make_dummy_inputs(plan, model, device=device)
+            cublas_workspace = (torch.empty(cublas_workspace_bytes, dtype=torch.uint8, device=device)
+                                if cublas_workspace_bytes > 0 else None)
+            encoder_kept = (_profile_encoder(model, plan.num_tokens, device)
+                            if profile_encoder and parts.has_embedding else None)
+            if not parts.has_embedding:
+                # mirrors vLLM 0.11 gpu_model_runner._dummy_run: self.intermediate_tensors =
+                # self.model.make_empty_intermediate_tensors(batch_size=self.max_num_tokens, ...)
+                hidden = _text_config(model).hidden_size
+                dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+                inputs.intermediate = (torch.zeros((plan.num_tokens, hidden), dtype=dtype, device=device),
+                                       torch.zeros((plan.num_tokens, hidden), dtype=dtype, device=device))
+            hidden_states = _forward(parts, inputs, plan.num_tokens)
+            if run_sampler and parts.lm_head is not None:
+                # hidden_states[logit_indices] with a numpy index: an int64 index tensor, then a copy
+                index = _device_tensor(plan.last_token_indices, device)
+                last_hidden_states = hidden_states[0, index]
+                index = None
+                dummy_sampler_run(last_hidden_states, _compute_logits(model, spec, shape),
+                                  vllm_version=sampler_version, kernel_workspaces=kernel_workspaces)
+    except BaseException as error:
+        # an out-of-memory error's traceback would keep every frame's tensors alive: drop them
+        import traceback
+
+        traceback.clear_frames(error.__traceback__)
+        raise
+    finally:
+        hidden_states = last_hidden_states = index = cublas_workspace = encoder_kept = None
         if own_inputs:
             inputs = None
-        elif inputs.intermediate is not None:
+        elif inputs is not None and inputs.intermediate is not None:
             inputs.intermediate = None
 
 
