@@ -27,6 +27,18 @@ MinConcurrencyOption = typer.Option(None, "--min-concurrency",
                                     help="CI gate: exit 4 when max concurrency falls below X.", metavar="X")
 
 
+def parse_positive_int(text: Optional[str], what: str) -> Optional[int]:
+    """An option read as text that must be a positive whole number (None stays None; `1_000` is allowed)."""
+    from kvadvise.errors import InputError
+
+    if text is None:
+        return None
+    value = str(text).strip().replace("_", "")
+    if not value.isdigit() or int(value) < 1:
+        raise InputError(f"{what} must be a positive whole number, got {text!r}")
+    return int(value)
+
+
 def debug_enabled() -> bool:
     return STATE["debug"] or os.environ.get("KVADVISE_DEBUG", "") not in ("", "0")
 

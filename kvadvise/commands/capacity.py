@@ -11,22 +11,10 @@ from typing import Optional
 import typer
 
 from kvadvise.commands._common import (JsonOption, MinConcurrencyOption, MinTokensOption, Outcome, OutputOption,
-                                       execute)
+                                       execute, parse_positive_int)
 
 # Integer options are read as text and parsed here, so a bad value is one `error:` line (exit 2).
 _INT_METAVAR = "N"
-
-
-def parse_positive_int(text: Optional[str], what: str) -> Optional[int]:
-    """An option that must be a positive whole number (None stays None)."""
-    from kvadvise.errors import InputError
-
-    if text is None:
-        return None
-    value = str(text).strip().replace("_", "")
-    if not value.isdigit() or int(value) < 1:
-        raise InputError(f"{what} must be a positive whole number, got {text!r}")
-    return int(value)
 
 
 def capacity(

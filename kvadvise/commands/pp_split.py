@@ -18,18 +18,7 @@ from typing import List, Optional
 import typer
 
 from kvadvise.commands._common import (JsonOption, MinConcurrencyOption, MinTokensOption, Outcome, OutputOption,
-                                       execute)
-
-
-def _positive_int(text: Optional[str], what: str) -> Optional[int]:
-    from kvadvise.errors import InputError
-
-    if text is None:
-        return None
-    value = str(text).strip().replace("_", "")
-    if not value.isdigit() or int(value) < 1:
-        raise InputError(f"{what} must be a positive whole number, got {text!r}")
-    return int(value)
+                                       execute, parse_positive_int)
 
 
 def _per_stage(values: list, stages: int, what: str) -> list:
@@ -208,18 +197,18 @@ def pp_split(
             raise InputError("--stage-profile already says each stage's card; drop --gpu / --gpu-memory")
 
         settings = KvSettings(
-            tensor_parallel_size=_positive_int(tensor_parallel_size, "--tensor-parallel-size") or 1,
+            tensor_parallel_size=parse_positive_int(tensor_parallel_size, "--tensor-parallel-size") or 1,
             kv_cache_dtype=kv_cache_dtype,
-            block_size=_positive_int(block_size, "--block-size"),
-            max_model_len=_positive_int(max_model_len, "--max-model-len"),
-            max_num_batched_tokens=_positive_int(max_num_batched_tokens, "--max-num-batched-tokens"),
+            block_size=parse_positive_int(block_size, "--block-size"),
+            max_model_len=parse_positive_int(max_model_len, "--max-model-len"),
+            max_num_batched_tokens=parse_positive_int(max_num_batched_tokens, "--max-num-batched-tokens"),
             vllm_version=vllm_version,
         )
-        seqs = _positive_int(max_num_seqs, "--max-num-seqs")
+        seqs = parse_positive_int(max_num_seqs, "--max-num-seqs")
         budget = (parse_bytes(kv_cache_memory_bytes, what="--kv-cache-memory-bytes")
                   if kv_cache_memory_bytes is not None else None)
         utilizations = _utilizations(util)
-        stages_asked = _positive_int(pipeline_parallel_size, "--pipeline-parallel-size")
+        stages_asked = parse_positive_int(pipeline_parallel_size, "--pipeline-parallel-size")
 
         spec = load_model_spec(model)
         if partition is not None:
