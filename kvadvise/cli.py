@@ -3,13 +3,49 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 import typer
+from typer.core import TyperGroup
+
+try:  # newer typer vendors its own click; older ones use click itself
+    from typer import _click as _click_module
+except ImportError:  # pragma: no cover - depends on the installed typer
+    import click as _click_module
+
+_exceptions = _click_module.exceptions
+# click >= 8.2 raises NoArgsIsHelpError for a command given no arguments; older click shows help itself
+_NoArgsIsHelp = getattr(_exceptions, "NoArgsIsHelpError", ())
 
 from kvadvise import __version__
 from kvadvise.commands._common import STATE
 
+class _OneLineErrors(TyperGroup):
+    """Usage errors (unknown option, bad option value) as one `error:` line and a `hint:`, exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NoArgsIsHelp as error:  # `kvadvise` alone: its help, on stdout
+            sys.stdout.write(error.ctx.get_help() + "\n")
+            sys.exit(0)
+        except _exceptions.ClickException as error:
+            message = " ".join(error.format_message().split())
+            sys.stderr.write(f"error: {message}\n")
+            context = getattr(error, "ctx", None)
+            path = context.command_path if context is not None else "kvadvise"
+            sys.stderr.write(f"hint: see '{path} --help'\n")
+            sys.exit(error.exit_code)
+        except _exceptions.Abort:
+            sys.stderr.write("error: aborted\n")
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="kvadvise",
     help="GPU-memory profiler and KV-cache budget advisor for vLLM: the exact --kv-cache-memory-bytes "
          "for your card, without booting vLLM.",

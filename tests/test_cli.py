@@ -52,6 +52,24 @@ def test_python_dash_m():
     assert done.stdout.startswith("kvadvise ")
 
 
-def test_unknown_command_is_bad_input():
-    result = runner.invoke(app, ["no-such-command"])
+def test_no_arguments_prints_help():
+    result = runner.invoke(app, [])
+    assert result.exit_code == 0
+    assert "Usage: kvadvise" in result.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["no-such-command"], "error: No such command 'no-such-command'."),
+    (["capacity", "model.json", "--bogus"], "error: No such option: --bogus"),
+    (["capacity"], "error: Missing argument 'model'."),
+    (["profile", "model.json", "--util", "abc"], "error: Invalid value for '--util'"),
+    (["estimate", "model.json", "--max-num-seqs", "many"], "error: Invalid value for '--max-num-seqs'"),
+])
+def test_usage_errors_are_one_line_and_exit_2(argv, message):
+    result = runner.invoke(app, argv)
     assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, result.stderr
+    assert lines[0].startswith(message)
+    assert lines[1].startswith("hint: see 'kvadvise")
+    assert "Traceback" not in result.output
