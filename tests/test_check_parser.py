@@ -20,14 +20,13 @@ from kvadvise.check.parser import GIB, Size, parse_log, parse_text
 from kvadvise.errors import InputError
 
 LOGS = Path(__file__).parent / "data" / "logs"
-CASES_FILE = Path(__file__).parent.parent.parent / "shared" / "vllm-cases" / "cases.json"
+# a verbatim copy of ../shared/vllm-cases/cases.json (each case keeps its `source`)
+CASES_FILE = Path(__file__).parent / "data" / "logs" / "cases.json"
 
 
 def _cases() -> list[dict]:
-    """The cases, read from the shared file; the excerpts themselves are the copies in tests/data/logs."""
-    if CASES_FILE.exists():
-        return json.loads(CASES_FILE.read_text())
-    pytest.skip("../shared/vllm-cases/cases.json not present")
+    """The cases, read from the copy of the shared file; the excerpts are also copied as tests/data/logs/caseNN.log."""
+    return json.loads(CASES_FILE.read_text())
 
 
 # Fields a case records that its raw_excerpt does not print: mostly tp = pp = 1, which the collector
@@ -115,7 +114,7 @@ def test_every_case_has_its_log_file():
         assert f"| {case['id']}.log | {case['id']} |" in (LOGS / "README.md").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("case", _cases() if CASES_FILE.exists() else [], ids=lambda c: c["id"])
+@pytest.mark.parametrize("case", _cases(), ids=lambda c: c["id"])
 def test_case_figures(case):
     parse = parse_log(LOGS / f"{case['id']}.log")
     assert parse.startups, "no start-up found"
