@@ -113,8 +113,6 @@ class FakeCudaDevice:
         self.calls.append("init")
         if not self.initialised:
             self.initialised = True
-            # the cuBLAS handle's workspace is driver memory outside the caching allocator
-            self.non_torch_bytes += self.cublas_workspace_bytes
 
     def mem_get_info(self) -> tuple[int, int]:
         self.calls.append("mem_get_info")
@@ -195,6 +193,18 @@ class FakeCudaDevice:
         block.segment.used -= block.size
         self.allocated -= block.size
 
+    def matmul(self) -> None:
+        """A matmul: the first one allocates torch's cuBLAS workspace through the caching allocator (kept)."""
+        if self.cublas_workspace_bytes and getattr(self, "_cublas_workspace", None) is None:
+            self._cublas_workspace = self.allocate(self.cublas_workspace_bytes, "cublas workspace")
+
+    def release_workspaces(self) -> None:
+        self.calls.append("release_workspaces")
+        workspace = getattr(self, "_cublas_workspace", None)
+        if workspace is not None:
+            self.release(workspace)
+            self._cublas_workspace = None
+
     def driver_allocate(self, size: int) -> None:
         """Memory taken outside the caching allocator (NCCL buffers, cuBLAS workspaces, kernels' modules)."""
         self.non_torch_bytes += size
@@ -240,6 +250,7 @@ class ScriptedWorkload:
 
     def dummy_run(self, num_tokens, num_seqs):
         self.fake.calls.append(f"workload.dummy_run:{num_tokens}:{num_seqs}")
+        self.fake.matmul()
         live = {}
         for step in self.run:
             if step[0].startswith("-"):

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import resource
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -198,27 +194,13 @@ def test_bad_input_is_exit_2_one_line_no_traceback(name, json_mode, tmp_path):
 
 
 def test_fast_and_no_torch_in_a_subprocess():
-    """Arithmetic only: answers in < 0.5 s and never imports torch or transformers.
+    """Arithmetic only: answers in < 0.5 s of CPU and never imports torch or transformers (tests/helpers.py)."""
+    from helpers import assert_fast_and_light
 
-    Timed as the child's CPU time (user + sys, best of three), which scheduling on the suite's two busy
-    cores does not inflate; importing torch alone costs more than 1 s of CPU here.
-    """
-    code = ("import sys\nsys.argv = ['kvadvise', 'capacity', %r, '--kv-cache-memory-bytes', '40GiB', '--json']\n"
-            "from kvadvise.cli import main\n"
-            "try:\n    main()\nexcept SystemExit as exit:\n    code = exit.code\n"
-            "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
-            "sys.stderr.write('HEAVY=' + ','.join(heavy))\n") % LLAMA
-    cpu_seconds, wall_seconds = [], []
-    for _ in range(3):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-        wall_seconds.append(time.perf_counter() - start)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu_seconds.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-        assert json.loads(done.stdout)["kv_cache"]["num_blocks"] == 20480, done.stderr
-        assert done.stderr.rsplit("HEAVY=", 1)[1].strip() == ""
-    assert min(cpu_seconds) < 0.5, (cpu_seconds, wall_seconds)
+    def check(document):
+        assert document["kv_cache"]["num_blocks"] == 20480
+
+    assert_fast_and_light(["capacity", LLAMA, "--kv-cache-memory-bytes", "40GiB", "--json"], check)
 
 
 def test_mamba_cache_mode_option():

@@ -45,11 +45,20 @@ def test_estimate_vs_profile_on_the_host(tiny_llama):
     estimate_doc = _json(estimated)
     weights = estimate_doc["estimate"]["weights"]
     assert weights["source"] == "safetensors headers"
-    assert weights["profile_equivalent_bytes"] == profile_doc["memory"]["weights_bytes"] == 213_696
-    # what vLLM holds beyond the HF model: its rotary cache (131072 positions x 16 x 2 B) instead of inv_freq
-    assert estimate_doc["memory"]["weights_bytes"] == 213_632 + 131072 * 16 * 2
-    measured = profile_doc["memory"]["activation_peak_bytes"]
-    assert abs(estimate_doc["memory"]["activation_peak_bytes"] - measured) <= 0.05 * measured
+    # the HF tensors the profile measures (parameters + inv_freq) ...
+    assert weights["profile_equivalent_bytes"] == 213_696
+    # ... + vLLM's rotary cache (131072 positions x 16 x 2 B) from the one source both use: equal to the byte
+    assert estimate_doc["memory"]["weights_bytes"] == profile_doc["memory"]["weights_bytes"] == 213_696 + 131072 * 16 * 2
+    for document in (profile_doc, estimate_doc):
+        assert document["memory"]["weights_vllm_buffers"] == {"rotary cos/sin cache": 131072 * 16 * 2}
+        assert document["memory"]["weights_vllm_buffers_method"] == "computed"
+    # the same dummy run (with the L4's cuBLAS workspace, compute capability 8.9: 8,519,680 B): equal to the byte
+    assert estimate_doc["estimate"]["activation"]["cublas_workspace_bytes"] == 8_519_680
+    assert estimate_doc["memory"]["activation_peak_bytes"] == profile_doc["memory"]["activation_peak_bytes"]
+    # on the host, profile takes non-torch and CUDA-graph memory from estimate's code: the same figures
+    for term in ("non_torch", "cuda_graph"):
+        assert profile_doc["memory"][f"{term}_method"] == "estimated"
+        assert profile_doc["memory"][f"{term}_bytes"] == estimate_doc["memory"][f"{term}_bytes"]
     for term in ("weights", "activation_peak", "non_torch", "cuda_graph"):
         assert estimate_doc["memory"][f"{term}_method"] == "estimated"
     card = lookup_gpu("L4")

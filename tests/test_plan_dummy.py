@@ -100,22 +100,13 @@ def test_cublas_workspace_by_compute_capability():
     assert cublas_workspace_bytes(None) is None
 
 
-def test_vllm_rotary_cache_shapes_by_hand():
-    from kvadvise.plan.dummy import vllm_rotary_cache_bytes, vllm_rotary_cache_shapes
+def test_cublas_workspace_by_target_family():
+    from kvadvise.plan.dummy import cublas_workspace_bytes_for_family
 
-    llama = {"max_position_embeddings": 131072, "hidden_size": 4096, "num_attention_heads": 32,
-             "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}}
-    assert vllm_rotary_cache_shapes(llama) == ((131072, 128),)
-    assert vllm_rotary_cache_bytes(llama, 2) == 32 * 2**20
-    # gemma-3: global layers linear x8 (max_len = 131072 * 8), local layers unscaled; head_dim 256
-    gemma = {"model_type": "gemma3_text", "max_position_embeddings": 131072, "head_dim": 256,
-             "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "rope_local_base_freq": 10000.0}
-    assert vllm_rotary_cache_shapes(gemma) == ((1048576, 256), (131072, 256))
-    assert vllm_rotary_cache_bytes(gemma, 2) == 576 * 2**20
-    # partial rotary (Qwen3-Next: 0.25 x 256), yarn (original x factor), MLA's rope head
-    assert vllm_rotary_cache_shapes({"max_position_embeddings": 262144, "head_dim": 256,
-                                     "partial_rotary_factor": 0.25}) == ((262144, 64),)
-    assert vllm_rotary_cache_shapes({"max_position_embeddings": 163840, "qk_rope_head_dim": 64,
-                                     "rope_scaling": {"type": "yarn", "factor": 40,
-                                                      "original_max_position_embeddings": 4096}}) == ((163840, 64),)
-    assert vllm_rotary_cache_shapes({"hidden_size": 64}) == ()
+    assert cublas_workspace_bytes_for_family("ampere") == (8_519_680, True)
+    assert cublas_workspace_bytes_for_family("ada") == (8_519_680, True)        # compute capability 8.9
+    assert cublas_workspace_bytes_for_family("hopper") == (33_554_432, True)
+    assert cublas_workspace_bytes_for_family("blackwell") == (33_554_432, True)
+    # no rule (AMD, or only --gpu-memory): the larger figure, the side that lowers "fit"
+    assert cublas_workspace_bytes_for_family("cdna3") == (33_554_432, False)
+    assert cublas_workspace_bytes_for_family(None) == (33_554_432, False)

@@ -382,6 +382,50 @@ def test_estimated_stage_extras():
     assert memory[1].activation_peak_bytes - memory[0].activation_peak_bytes == 1024 * 151936 * 20
 
 
+# ------------------------------------------------------------------ weights of moved layers from the stages
+
+
+def test_stage_extra_weights():
+    """Embedding 151936 x 5120 x 2 B on the first stage; final norm 5120 x 2 B + lm_head on the last."""
+    spec = dense_spec()
+    embedding = 151936 * 5120 * 2
+    assert pp.stage_extra_weights_bytes(spec, 3) == (embedding, 0, embedding + 10240)
+    # TP 2: the (padded) vocabulary rows are split over the ranks; the norm is whole
+    assert pp.stage_extra_weights_bytes(spec, 2, 2) == (embedding // 2, embedding // 2 + 10240)
+    tied = ModelSpec(**{**spec.__dict__, "tie_word_embeddings": True})
+    assert pp.stage_extra_weights_bytes(tied, 1) == (embedding + 10240,)      # one shared table
+    assert pp.stage_extra_weights_bytes(tied, 2) == (embedding, embedding + 10240)  # the last rank's own copy
+
+
+def test_layer_weights_from_stage_weights():
+    """Stage weights less their extras, shared by parameter count, to the byte.
+    Stage 0 (layers 0-2, estimated 100, 100, 200): 1000 - 200 = 800 -> 200, 200, 400.
+    Stage 1 (layers 3-4, estimated 10 each): 71 - 0 = 71 -> 35, 36 (cumulative: 71 // 2 = 35, then 71).
+    Stage 2 (layer 5): 50 - 60 < 0 -> keeps its estimate 7."""
+    weights, kept = pp.layer_weights_from_stages([100, 100, 200, 10, 10, 7], (3, 2, 1), [1000, 71, 50], [200, 0, 60])
+    assert weights == (200, 200, 400, 35, 36, 7)
+    assert kept == (2,)
+
+
+def test_moved_weights_follow_the_stage_weights_in_the_plan():
+    """48,16 on equal 80 GiB cards with 1 GiB per layer measured (parameter counts would say ~1.6 GB for this
+    shape): the suggestion of test_48_16_suggestion_newer_vllm is found again from the derived weights."""
+    spec = dense_spec()
+    memory = stage_memory((48, 16), GIB, 2 * GIB, 2 * GIB, GIB, 4 * GIB)
+    counted = pp.estimate_layer_weights_bytes(spec)
+    assert counted[0] != GIB
+    weights, kept = pp.layer_weights_from_stages(counted, (48, 16), [m.weights_bytes for m in memory],
+                                                 [2 * GIB, 2 * GIB])
+    assert weights == (GIB,) * 64 and kept == ()
+    cards = [pp.StageCard("80G", 80 * GIB, 0.75)] * 2
+    plan = pp.plan_pp_split(spec, KvSettings(vllm_version="0.33", max_model_len=4096), (48, 16), cards=cards,
+                            non_kv=memory, layer_weights_bytes=weights, layer_weights_method="measured",
+                            layer_weights_source="stage weights")
+    assert plan.suggestion.partition == (33, 31) and plan.suggestion.capacity.num_blocks == 11842
+    assert plan.layer_weights_method == "measured" and plan.stages[0].methods["moved_layer_weights"] == "measured"
+    assert (plan.stages[0].layer_weights_bytes, plan.stages[1].layer_weights_bytes) == (48 * GIB, 16 * GIB)
+
+
 # ------------------------------------------------------------------ hybrid (sliding + full) models
 
 

@@ -218,3 +218,31 @@ def test_cuda_device_captures_graphs_into_one_pool():
     captured.graphs[0].replay()
     captured.release()
     device.empty_cache()
+
+
+@pytest.mark.gpu
+def test_cuda_first_matmul_after_init_allocates_the_cublas_workspace_inside_the_phase():
+    """vLLM's first matmul is in its profile run: init must not create the cuBLAS workspace (see CudaDevice.init)."""
+    import os
+
+    import torch
+
+    from kvadvise.plan.dummy import cublas_workspace_bytes
+
+    if os.environ.get("CUBLAS_WORKSPACE_CONFIG"):
+        pytest.skip("CUBLAS_WORKSPACE_CONFIG overrides torch's default workspace")
+    device = CudaDevice(0)
+    device.init()
+    device.release_workspaces()
+    device.empty_cache()
+    before = take_snapshot(device)
+    a = torch.ones((8, 8), device="cuda:0", dtype=torch.float32)
+    product = a @ a
+    after = take_snapshot(device)
+    workspace = cublas_workspace_bytes(torch.cuda.get_device_capability(0)[0])
+    # two 256-byte tensors take one 512-byte block each; the rest is the workspace of the first matmul
+    assert after.allocated_bytes - before.allocated_bytes == 2 * 512 + workspace
+    del a, product
+    device.release_workspaces()
+    device.empty_cache()
+    assert device.memory_allocated() == before.allocated_bytes

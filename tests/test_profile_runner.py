@@ -11,9 +11,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from kvadvise.errors import InputError
 from kvadvise.plan.dummy import plan_dummy_run
-from kvadvise.plan.dummy import vllm_rotary_cache_bytes
-from kvadvise.profile.build import (VLLM_ROTARY_BUFFER, ShardShape, build_model, locate_parts, model_tensors,
-                                    shard_config, tensor_bytes)
+from kvadvise.plan.vllm_buffers import vllm_rotary_cache_bytes
+from kvadvise.profile.build import (ShardShape, build_model, locate_parts, model_tensors, shard_config, tensor_bytes,
+                                    vllm_weight_buffers_of)
 from kvadvise.profile.runner import dummy_run, prepare_decode_capture
 from kvadvise.profile.tracker import LiveBytesTracker, allocator_rounded_bytes as r
 from tiny_models import (REAL_CONFIGS, real_config, safetensors_tensor_bytes, save_tiny_checkpoint, tiny_config,
@@ -32,9 +32,8 @@ def checkpoints(tmp_path_factory):
 
 
 def _buffer_bytes(model) -> int:
-    """Transformers' own buffers (rotary inv_freq, gemma's embed scale), not the vLLM caches we add."""
-    return sum(b.untyped_storage().nbytes() for name, b in model.named_buffers()
-               if not name.startswith(VLLM_ROTARY_BUFFER))
+    """Transformers' own buffers (rotary inv_freq, gemma's embed scale)."""
+    return sum(b.untyped_storage().nbytes() for name, b in model.named_buffers())
 
 
 # ------------------------------------------------------------------ weights ---------------------------------
@@ -43,16 +42,19 @@ def _buffer_bytes(model) -> int:
 def test_weights_auto_and_dummy_equal_the_checkpoint(checkpoints, name):
     path, config = checkpoints[name]
     spec = tiny_spec(config)
-    auto = build_model(spec, load_format="auto", model_path=str(path), vllm_rotary_caches=True)
+    auto = build_model(spec, load_format="auto", model_path=str(path))
     with LiveBytesTracker() as tracker:
-        dummy = build_model(spec, load_format="dummy", device="cpu", vllm_rotary_caches=True)
+        dummy = build_model(spec, load_format="dummy", device="cpu")
     # second method: parameters from the safetensors headers (numel x element size; tied weights are
     # saved once), plus transformers' buffers (rotary inv_freq, gemma's embed scale), which are not in
-    # the file, plus vLLM's rotary cos/sin caches by the formula (bf16)
-    from_headers = (sum(safetensors_tensor_bytes(path).values()) + _buffer_bytes(auto)
-                    + vllm_rotary_cache_bytes(spec.text_config, 2))
+    # the file
+    from_headers = sum(safetensors_tensor_bytes(path).values()) + _buffer_bytes(auto)
     assert tensor_bytes(auto) == from_headers
     assert tensor_bytes(dummy) == from_headers
+    # vLLM's rotary cos/sin caches are computed, not allocated: the same figure for both loads (vocabularies
+    # of 512 rows need no padding to 64)
+    assert vllm_weight_buffers_of(auto, spec).total_bytes == vllm_weight_buffers_of(dummy, spec).total_bytes \
+        == vllm_rotary_cache_bytes(dummy.config.get_text_config().to_dict(), 2) > 0
     # what stays allocated after building (the profile's "weights") = those storages, allocator-rounded
     assert tracker.current_bytes == sum(r(t.untyped_storage().nbytes()) for t in model_tensors(dummy))
     assert next(dummy.parameters()).dtype == torch.bfloat16
@@ -63,24 +65,22 @@ def test_tiny_llama_weights_by_hand():
     per_layer = (64 * 64 + 64 * 32 * 2 + 64 * 64 + 3 * 64 * 128 + 2 * 64) * 2   # q, k+v, o, mlp, 2 norms
     embedding = 512 * 64 * 2                    # also the lm_head (tied)
     rotary = 2 * 8 * 4                          # inv_freq and original_inv_freq, float32, head_dim / 2
-    rotary += 131072 * 16 * 2                   # vLLM's cos/sin cache: max positions x head_dim, bf16
+    cache = 131072 * 16 * 2                     # vLLM's cos/sin cache: max positions x head_dim, bf16
     spec = tiny_spec(tiny_config("llama"))
-    full = build_model(spec, load_format="dummy", vllm_rotary_caches=True)
+    full = build_model(spec, load_format="dummy")
     assert tensor_bytes(full) == embedding + 2 * per_layer + 64 * 2 + rotary
-    plain = build_model(spec, load_format="dummy")              # without vLLM's cache (the default)
-    assert tensor_bytes(plain) == tensor_bytes(full) - 131072 * 16 * 2
+    assert vllm_weight_buffers_of(full, spec).detail() == {"rotary cos/sin cache": cache}
     # pipeline stages (1, 1): embedding on the first only; final norm and lm_head on the last only
-    first = build_model(spec, load_format="dummy", shape=ShardShape(partition=(1, 1), stage=0),
-                        vllm_rotary_caches=True)
-    last = build_model(spec, load_format="dummy", shape=ShardShape(partition=(1, 1), stage=1),
-                       vllm_rotary_caches=True)
+    first = build_model(spec, load_format="dummy", shape=ShardShape(partition=(1, 1), stage=0))
+    last = build_model(spec, load_format="dummy", shape=ShardShape(partition=(1, 1), stage=1))
     assert tensor_bytes(first) == embedding + per_layer + rotary
     assert tensor_bytes(last) == per_layer + 64 * 2 + embedding + rotary
     assert locate_parts(first).lm_head is None and locate_parts(last).has_embedding is False
     # TP 2: heads 2, kv heads 1, intermediate 64, vocab 256 per rank; norms replicated
-    half = build_model(spec, load_format="dummy", shape=ShardShape(tensor_parallel_size=2), vllm_rotary_caches=True)
+    half = build_model(spec, load_format="dummy", shape=ShardShape(tensor_parallel_size=2))
     per_layer_tp2 = (64 * 32 + 64 * 16 * 2 + 32 * 64 + 3 * 64 * 64 + 2 * 64) * 2
     assert tensor_bytes(half) == 256 * 64 * 2 + 2 * per_layer_tp2 + 64 * 2 + rotary
+    assert vllm_weight_buffers_of(half, spec, ShardShape(tensor_parallel_size=2)).total_bytes == cache
 
 
 def test_build_on_meta_and_under_fake_tensors_allocates_nothing_real():
@@ -369,11 +369,12 @@ def test_llama_3_1_8b_profile_run_under_fake_tensors_by_hand():
     spec = tiny_spec(config, model_id="meta-llama/Llama-3.1-8B")
     tokens, rows, vocab, hidden = 8192, 256, 128256, 4096
     with FakeTensorMode():
-        model = build_model(spec, load_format="dummy", device="cpu", vllm_rotary_caches=True)
+        model = build_model(spec, load_format="dummy", device="cpu")
         per_layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096   # q, o, k, v, mlp, norms
         parameters = 32 * per_layer + 2 * 128256 * 4096 + 4096                     # untied embedding, lm_head
-        assert tensor_bytes(model) == (2 * parameters + 2 * 64 * 4                 # bf16 + inv_freq (x2) fp32
-                                       + 131072 * 128 * 2)                          # + vLLM's cos/sin cache
+        assert tensor_bytes(model) + vllm_weight_buffers_of(model, spec).total_bytes == (
+            2 * parameters + 2 * 64 * 4                                             # bf16 + inv_freq (x2) fp32
+            + 131072 * 128 * 2)                                                     # + vLLM's cos/sin cache
         # = 14.99 GiB, what vLLM logs as "Model loading took" for Llama-3.1-8B
         with LiveBytesTracker() as tracker:
             dummy_run(model, spec, plan_dummy_run(tokens, rows), device="cpu")
@@ -490,9 +491,9 @@ def test_weights_of_a_public_log_qwen3_next_tp2():
     config = json.loads((Path(__file__).parent / "data" / "configs" / case["config"]).read_text())
     spec = tiny_spec(config, model_id=case["model"])
     with FakeTensorMode():
-        model = build_model(spec, load_format="dummy", device="cpu", shape=ShardShape(tensor_parallel_size=2),
-                            vllm_rotary_caches=True)
-        weights = tensor_bytes(model)
+        shape = ShardShape(tensor_parallel_size=2)
+        model = build_model(spec, load_format="dummy", device="cpu", shape=shape)
+        weights = tensor_bytes(model) + vllm_weight_buffers_of(model, spec, shape).total_bytes
     logged = case["logged_weights_gib_suggestion_line"]
     assert (logged - 0.005) * 2**30 <= weights < (logged + 0.005) * 2**30
     assert weights == case["kvadvise_weights_bytes"]
@@ -512,3 +513,20 @@ def test_an_out_of_memory_error_mid_run_leaves_nothing_alive(tiny_llama, monkeyp
         assert caught.value.__traceback__ is not None      # the error (and its traceback) still referenced
         assert tracker.current_bytes == 0
     assert model.config._attn_implementation != "kvadvise_profile"
+
+
+def test_tp_shard_drops_a_pad_token_outside_the_ranks_vocabulary():
+    """gpt-oss names pad token 199999; a TP 2 rank holds 201088 / 2 = 100544 rows: nn.Embedding would refuse
+    the index, vLLM's embedding has no padding index. The shard keeps the rows and drops the index."""
+    config = json.loads((Path(__file__).parent / "data" / "configs" / "openai__gpt-oss-120b.json").read_text())
+    config.update(num_hidden_layers=2, layer_types=config["layer_types"][:2])
+    config.pop("quantization_config", None)
+    spec = tiny_spec(config, model_id="openai/gpt-oss-120b")
+    assert config["pad_token_id"] == 199999
+    shape = ShardShape(tensor_parallel_size=2)
+    model = build_model(spec, load_format="dummy", device="meta", shape=shape)
+    assert model.config.pad_token_id is None
+    assert tuple(model.model.embed_tokens.weight.shape) == (100544, 2880)
+    assert shard_config(spec, shape)["pad_token_id"] is None
+    # the whole model keeps its pad token (inside its vocabulary)
+    assert build_model(spec, load_format="dummy", device="meta").config.pad_token_id == 199999

@@ -12,37 +12,35 @@ from typing import Any, Optional
 
 import typer
 
+from kvadvise.commands import _budget_options as opts
 from kvadvise.commands._common import (JsonOption, MinConcurrencyOption, MinTokensOption, Outcome, OutputOption,
                                        execute)
 
 
 def estimate(
-    model: str = typer.Argument(..., help="Hub id (local cache), a directory with config.json, or a config file."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="The target card from the catalog (`kvadvise gpus`), "
-                                                          "e.g. h100, a100-80gb, rtx4090."),
-    gpu_memory: Optional[str] = typer.Option(None, "--gpu-memory",
-                                             help="The card's total memory instead, e.g. 80GiB (overrides --gpu's)."),
-    gpu_free: Optional[str] = typer.Option(None, "--gpu-free",
-                                           help="Memory free at start if not all of it (other processes), e.g. 78GiB."),
-    util: float = typer.Option(0.9, "--util", "--gpu-memory-utilization",
-                               help="vLLM's --gpu-memory-utilization to advise for."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, bfloat16 or float16."),
-    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", "-tp", help="Estimate one rank's shard."),
-    partition: Optional[str] = typer.Option(None, "--partition", help="Pipeline layer counts, e.g. 48,16."),
-    stage: Optional[int] = typer.Option(None, "--stage", help="The pipeline stage to estimate (with --partition)."),
-    max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens",
-                                                         help="Default: vLLM's for the card."),
-    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="Default: vLLM's for the card."),
-    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Default: the model's."),
-    kv_cache_dtype: str = typer.Option("auto", "--kv-cache-dtype", help="auto, bfloat16, float16, fp8, ..."),
-    block_size: Optional[int] = typer.Option(None, "--block-size", help="KV block size (default vLLM's)."),
-    enforce_eager: bool = typer.Option(False, "--enforce-eager", help="No CUDA graphs (as vLLM's flag)."),
-    cuda_graph_sizes: Optional[str] = typer.Option(None, "--cuda-graph-sizes",
-                                                   help="Largest capture size, or a comma-separated list."),
+    model: str = opts.ModelArgument,
+    gpu: Optional[str] = opts.gpu_option("The target card from the catalog (`kvadvise gpus`), "
+                                         "e.g. h100, a100-80gb, rtx4090."),
+    gpu_memory: Optional[str] = opts.gpu_memory_option("The card's total memory instead, e.g. 80GiB (overrides "
+                                                       "--gpu's)."),
+    gpu_free: Optional[str] = opts.gpu_free_option("Memory free at start if not all of it (other processes), "
+                                                   "e.g. 78GiB."),
+    util: float = opts.UtilOption,
+    dtype: str = opts.DtypeOption,
+    tensor_parallel_size: int = opts.tensor_parallel_size_option("Estimate one rank's shard."),
+    partition: Optional[str] = opts.PartitionOption,
+    stage: Optional[int] = opts.stage_option("estimate"),
+    max_num_batched_tokens: Optional[int] = opts.max_num_batched_tokens_option("card"),
+    max_num_seqs: Optional[int] = opts.max_num_seqs_option("card"),
+    max_model_len: Optional[int] = opts.MaxModelLenOption,
+    kv_cache_dtype: str = opts.KvCacheDtypeOption,
+    block_size: Optional[int] = opts.BlockSizeOption,
+    enforce_eager: bool = opts.EnforceEagerOption,
+    cuda_graph_sizes: Optional[str] = opts.CudaGraphSizesOption,
     non_torch_memory: Optional[str] = typer.Option(None, "--non-torch-memory",
                                                    help="Non-torch memory to use instead of the family default, "
                                                         "e.g. 0.5GiB."),
-    vllm_version: Optional[str] = typer.Option(None, "--vllm-version", help="vLLM rules to mirror."),
+    vllm_version: Optional[str] = opts.vllm_version_option("vLLM rules to mirror."),
     json_output: bool = JsonOption,
     output: Optional[Path] = OutputOption,
     min_tokens: Optional[int] = MinTokensOption,
@@ -90,7 +88,8 @@ def run_estimate_command(options: dict[str, Any]) -> Outcome:
 
         report = replace(report, warnings=tuple(warnings) + report.warnings)
     inputs = {key: value for key, value in options.items()}
-    document = budget_document(report, inputs=inputs, layout=result.layout, extra={"estimate": result.detail})
+    document = budget_document(report, inputs=inputs, layout=result.layout, weight_buffers=result.weight_buffers,
+                               extra={"estimate": result.detail})
     return Outcome(document=document, render=lambda console: render_budget(document, console),
                    tokens=report.fit.tokens, concurrency=report.fit.max_concurrency, error=result.does_not_fit)
 

@@ -1,11 +1,13 @@
 """`kvadvise pp-split`: per-stage KV budgets for (asymmetric) pipeline parallelism and a better partition.
 
-Where each stage's non-KV terms come from: --stage-profile files (measured where each stage runs), the
-estimate engine per stage shape (--estimate, or cards without a CUDA device; imports torch inside the
-body), parameter counts (--parameter-counts: no torch), or nothing (--kv-cache-memory-bytes alone). The
+Where each stage's non-KV terms come from: measured here (a CUDA device and no --estimate: each stage's
+shape in turn on that card through the profile session's --stage path, dummy weights, the card released
+between stages), --stage-profile files (measured where each stage runs), the estimate engine per stage
+shape (--estimate, or cards without a CUDA device), parameter counts (--parameter-counts: no torch), or
+nothing (--kv-cache-memory-bytes alone). The measured and engine paths import torch inside the body; the
 budget, stage-profile and parameter-count paths are arithmetic only: no torch, no transformers, well under
-half a second. Measuring each stage on a local CUDA card needs the profile command's --stage path: until
-it is wired in, that case says so (exit 3).
+half a second. The weights of moved layers come from the stages' own weights (less the first/last-stage
+extras) where the stages were measured or estimated by the engine, else from parameter counts.
 """
 
 from __future__ import annotations
@@ -83,6 +85,14 @@ def _read_stage_profile(path: str, index: int) -> dict:
     settings = document.get("settings") if isinstance(document.get("settings"), dict) else {}
     values["methods"] = {term: memory.get(f"{term}_method", "measured")
                          for term in ("weights", "activation_peak", "non_torch", "cuda_graph")}
+    # the part of memory.weights_bytes that is vLLM's rotary cache (profiles that add vLLM's weight-time
+    # buffers list them in memory.weights_vllm_buffers; older ones hold none): it stays with the stage
+    buffers = memory.get("weights_vllm_buffers")
+    rotary = buffers.get("rotary cos/sin cache", 0) if isinstance(buffers, dict) else 0
+    if not isinstance(rotary, int) or isinstance(rotary, bool) or rotary < 0:
+        raise InputError(f"--stage-profile {path}: memory.weights_vllm_buffers has {rotary!r} for the rotary cache, "
+                         "not a byte count")
+    values["rotary_cache_bytes"] = rotary
     values["gpu_memory_utilization"] = settings.get("gpu_memory_utilization")
     values["partition"] = settings.get("partition")
     values["stage"] = settings.get("stage")
@@ -92,13 +102,155 @@ def _read_stage_profile(path: str, index: int) -> dict:
     return values
 
 
-def _engine_estimates(spec, split, cards, settings, *, model: str, max_num_seqs, utils):
-    """Each stage's non-KV terms from the estimate engine (fake tensors: imports torch)."""
-    from kvadvise.estimate.engine import TargetCard, estimate
-    from kvadvise.plan import pp
+def _local_cuda_device():
+    """(device, nvml_reader) for this machine's first CUDA device, or None when torch cannot use CUDA.
+
+    Imports torch: called only once a device node was seen (`_cuda_device_present`). Tests replace it
+    with a fake caching allocator (tests/fake_device.py).
+    """
+    from kvadvise.profile import device as devices
+
+    try:
+        if not devices.cuda_available():
+            return None
+    except ImportError:
+        return None
+    cuda = devices.CudaDevice(0)
+
+    def nvml_reader(device):
+        from kvadvise.profile.nvml import read_nvml
+
+        try:
+            uuid = device.uuid()
+        except Exception:
+            uuid = None
+        if uuid:
+            return read_nvml(uuid=uuid)
+        # NVML numbers devices physically; CUDA_VISIBLE_DEVICES renumbers them: by index only without it
+        return None if os.environ.get("CUDA_VISIBLE_DEVICES") else read_nvml(index=device.index)
+
+    return cuda, nvml_reader
+
+
+def _stage_workload(spec, stage_settings, device):
+    """The model side of one stage's measurement: the profile's own workload (dummy weights, the stage's
+    layers; embedding on the first stage, final norm, lm_head and sampler on the last)."""
+    from kvadvise.profile.session import TorchWorkload
+
+    return TorchWorkload(spec, stage_settings, device, model_path=os.path.dirname(spec.config_path))
+
+
+def _stage_settings(spec, split, index, settings, *, model: str, max_num_seqs, utilization: float):
     from kvadvise.profile.session import ProfileSettings
 
-    result, warnings = [], []
+    return ProfileSettings(
+        model_id=model, load_format="dummy", gpu_memory_utilization=utilization,
+        max_num_batched_tokens=settings.max_num_batched_tokens, max_num_seqs=max_num_seqs,
+        max_model_len=settings.max_model_len, kv_cache_dtype=settings.kv_cache_dtype,
+        block_size=settings.block_size, tensor_parallel_size=settings.tensor_parallel_size,
+        partition=tuple(split), stage=index, vllm_version=settings.vllm_version)
+
+
+def _rotary_cache_bytes(result) -> int:
+    """vLLM's rotary cos/sin cache inside a stage's weights (one per stage that holds layers, however many):
+    from the profile's / estimate's `weight_buffers` (kvadvise/plan/vllm_buffers.py), else the estimate's
+    weights detail; 0 when neither says."""
+    buffers = getattr(result, "weight_buffers", None)
+    if buffers is not None and getattr(buffers, "rotary_cache_bytes", None) is not None:
+        return int(buffers.rotary_cache_bytes)
+    detail = getattr(result, "detail", None) or {}
+    return int(((detail.get("weights") or {}).get("vllm_extra") or {}).get("rotary cos/sin cache", 0))
+
+
+def _add_stage_warnings(index: int, new: list, warnings: list) -> None:
+    """Prefix a stage's warnings with its index; a warning every stage repeats is kept once."""
+    seen = [w.split(": ", 1)[-1] for w in warnings]
+    for warning in new:
+        if warning not in seen:
+            warnings.append(f"stage {index}: {warning}")
+            seen.append(warning)
+
+
+def measure_stages(spec, split, settings, *, model: str, max_num_seqs, utils, device, make_workload,
+                   nvml_reader=None, named_cards=None, progress=None):
+    """Measure every stage's shape in turn on `device` (the profile session's stage path), card released
+    between stages by the session itself (model dropped, cache emptied) on every exit path.
+
+    Returns (cards, non_kv, warnings, extras): extras are each stage's weights that do not move with its
+    layers (embedding / final norm / lm_head from the config, and vLLM's rotary cache as the session
+    added it). Without named_cards each stage's card is the device as the first
+    stage found it (total and free at start: every stage runs on a card like it); with named_cards the
+    budgets are for those cards (the session's target) and only the terms are measured here.
+    `make_workload(spec, stage_settings, device)` is the model side (tests pass a scripted one).
+    """
+    from kvadvise.errors import OutOfDeviceMemory
+    from kvadvise.plan import pp
+    from kvadvise.profile import session
+
+    cards, non_kv, warnings = [], [], []
+    extras = list(pp.stage_extra_weights_bytes(spec, len(split), settings.tensor_parallel_size))
+    found = None
+    first_non_torch = None
+    for index in range(len(split)):
+        stage_settings = _stage_settings(spec, split, index, settings, model=model, max_num_seqs=max_num_seqs,
+                                         utilization=utils[index])
+        target = None
+        if named_cards is not None:
+            card = named_cards[index]
+            target = session.TargetDevice(card.name, card.total_bytes, card.total_bytes, card.source)
+        if progress is not None:
+            first = sum(split[:index])
+            progress(f"measuring stage {index} of {len(split)} (layers {first}-{first + split[index] - 1}) "
+                     f"on {device.torch_device}")
+        workload = make_workload(spec, stage_settings, device)
+        try:
+            result = session.run_profile(stage_settings, spec, device, workload, target=target,
+                                         nvml_reader=nvml_reader if target is None else None)
+        except session.ProfileOutOfMemory as error:
+            raise OutOfDeviceMemory(error.phase, f"stage {index}: {error.message}",
+                                    hint=(error.hint or "") + "; or plan from estimates: --gpu NAME --estimate"
+                                    ) from None
+        report = result.report
+        memory = report.memory
+        extras[index] += _rotary_cache_bytes(result)
+        if found is None:
+            found = report.device
+        terms = {"weights": memory.weights_method, "activation_peak": memory.activation_peak_method,
+                 "non_torch": memory.non_torch_method, "cuda_graph": memory.cuda_graph_method}
+        non_torch = memory.non_torch_bytes
+        stage_warnings = list(report.warnings)
+        if first_non_torch is None:
+            first_non_torch = non_torch
+        elif non_torch < first_non_torch:
+            # each vLLM stage is its own process: what the first stage's run loaded once (kernel modules,
+            # library handles) a later stage measured in the same process no longer shows
+            stage_warnings.append(f"non-torch memory measured {non_torch} bytes, less than stage 0's "
+                                  f"{first_non_torch}: one-time driver allocations were already made by an earlier "
+                                  "stage in this process; stage 0's figure is used (its own process would make them)")
+            non_torch = first_non_torch
+        _add_stage_warnings(index, stage_warnings, warnings)
+        method = "measured" if set(terms.values()) <= {"measured", "not_applicable"} else "mixed"
+        non_kv.append(pp.StageNonKv(memory.weights_bytes, memory.activation_peak_bytes, non_torch,
+                                    memory.cuda_graph_bytes, method, device.torch_device, terms))
+        if named_cards is not None:
+            cards.append(named_cards[index])
+        else:
+            cards.append(pp.StageCard(found.name, found.total_bytes, utils[index], found.free_bytes_at_start,
+                                      device.kind))
+    if named_cards is not None:
+        warnings.append(f"the non-KV terms were measured on this machine's card ({found.name or 'cuda'}) with "
+                        "the named cards' batch defaults; the budgets are for the named cards")
+    return cards, non_kv, warnings, extras
+
+
+def _engine_estimates(spec, split, cards, settings, *, model: str, max_num_seqs, utils):
+    """Each stage's non-KV terms from the estimate engine (fake tensors: imports torch), and the weights
+    of each stage that do not move with its layers (config extras + the engine's per-stage rotary cache)."""
+    from kvadvise.estimate.engine import TargetCard, estimate
+    from kvadvise.plan import pp
+
+    result, warnings, extras = [], [], list(pp.stage_extra_weights_bytes(spec, len(split),
+                                                                          settings.tensor_parallel_size))
     for index, card in enumerate(cards):
         name, family, key = card.name, None, None
         if card.source == "catalog":
@@ -107,24 +259,19 @@ def _engine_estimates(spec, split, cards, settings, *, model: str, max_num_seqs,
             found = lookup_gpu(card.name)
             name, family, key = found.device_name, found.family, found.key
         target = TargetCard(name, card.total_bytes, card.total_bytes, card.source, family, key)
-        stage_settings = ProfileSettings(
-            model_id=model, load_format="dummy", gpu_memory_utilization=utils[index],
-            max_num_batched_tokens=settings.max_num_batched_tokens, max_num_seqs=max_num_seqs,
-            max_model_len=settings.max_model_len, kv_cache_dtype=settings.kv_cache_dtype,
-            block_size=settings.block_size, tensor_parallel_size=settings.tensor_parallel_size,
-            partition=tuple(split), stage=index, vllm_version=settings.vllm_version)
-        memory = estimate(spec, stage_settings, target).report
-        for warning in memory.warnings:
-            text = f"stage {index}: {warning}"
-            if warning not in [w.split(": ", 1)[1] for w in warnings]:
-                warnings.append(text)
+        stage_settings = _stage_settings(spec, split, index, settings, model=model, max_num_seqs=max_num_seqs,
+                                         utilization=utils[index])
+        estimated = estimate(spec, stage_settings, target)
+        memory = estimated.report
+        _add_stage_warnings(index, list(memory.warnings), warnings)
+        extras[index] += _rotary_cache_bytes(estimated)
         terms = memory.memory
         result.append(pp.StageNonKv(
             terms.weights_bytes, terms.activation_peak_bytes, terms.non_torch_bytes, terms.cuda_graph_bytes,
             "estimated", "estimate engine",
             {"weights": terms.weights_method, "activation_peak": terms.activation_peak_method,
              "non_torch": terms.non_torch_method, "cuda_graph": terms.cuda_graph_method}))
-    return result, warnings
+    return result, warnings, extras
 
 
 def pp_split(
@@ -146,7 +293,8 @@ def pp_split(
     tensor_parallel_size: Optional[str] = typer.Option(
         "1", "--tensor-parallel-size", "-tp", metavar="N", help="Tensor-parallel size inside every stage."),
     estimate: bool = typer.Option(
-        False, "--estimate", help="Estimate each stage's non-KV memory from the config (no GPU)."),
+        False, "--estimate",
+        help="Estimate each stage's non-KV memory from the config (no GPU), even on a CUDA machine."),
     parameter_counts: bool = typer.Option(
         False, "--parameter-counts",
         help="Estimate from parameter counts and rules of thumb only: no torch, well under a second, rougher."),
@@ -172,10 +320,14 @@ def pp_split(
     min_tokens: Optional[int] = MinTokensOption,
     min_concurrency: Optional[float] = MinConcurrencyOption,
 ) -> None:
-    """Per-stage KV budgets for pipeline parallelism: uniform vs proportional, bottleneck, best partition."""
+    """Per-stage KV budgets for pipeline parallelism: uniform vs proportional, bottleneck, best partition.
+
+    On a machine with a CUDA device each stage is measured on it in turn (dummy weights); elsewhere pass
+    --gpu / --gpu-memory (estimated), --stage-profile files, or --kv-cache-memory-bytes.
+    """
 
     def body() -> Outcome:
-        from kvadvise.errors import EnvironmentProblem, InputError
+        from kvadvise.errors import InputError
         from kvadvise.model.spec import load_model_spec
         from kvadvise.plan import pp
         from kvadvise.plan.kv import KvSettings
@@ -226,8 +378,33 @@ def pp_split(
         stages = len(split)
         warnings: list[str] = []
 
-        cards = non_kv = layer_weights = None
+        cards = non_kv = layer_weights = stage_extras = None
         way = "given budget"
+        tp = settings.tensor_parallel_size
+        named_cards = None
+        if gpu is not None or gpu_memory is not None:
+            if gpu is not None:
+                from kvadvise.gpus import lookup_gpu
+
+                names = [n.strip() for n in gpu.split(",")]
+                if any(not n for n in names):
+                    raise InputError(f"--gpu: cannot read {gpu!r} as a comma-separated list of card names")
+                found = _per_stage([lookup_gpu(n) for n in names], stages, "--gpu")
+                totals = [(g.key, g.total_bytes, "catalog") for g in found]
+            else:
+                sizes = _per_stage(parse_bytes_list(gpu_memory, what="--gpu-memory"), stages, "--gpu-memory")
+                totals = [(None, size, "gpu-memory option") for size in sizes]
+            utils = _per_stage(utilizations or [0.9], stages, "--util")
+            named_cards = [pp.StageCard(name, total, u, None, source)
+                           for (name, total, source), u in zip(totals, utils)]
+        # measured here: a CUDA device, no --estimate, and something to plan (cards or none: the local card)
+        local = None
+        if not profiles and not (estimate or parameter_counts) and (named_cards is not None or budget is None) \
+                and _cuda_device_present():
+            local = _local_cuda_device()
+            if local is None:
+                warnings.append("a CUDA device node is present but torch cannot use CUDA: nothing measured here")
+
         if profiles:
             if len(profiles) != stages:
                 raise InputError(f"{len(profiles)} stage profiles for {stages} stages: give one per stage")
@@ -249,34 +426,27 @@ def pp_split(
                                     v["cuda_graph_bytes"],
                                     "measured" if set(v["methods"].values()) == {"measured"} else "mixed",
                                     v["path"], v["methods"]) for v in read]
-            layer_weights = pp.estimate_layer_weights_bytes(spec, settings.tensor_parallel_size)
+            stage_extras = [extra + v["rotary_cache_bytes"]
+                            for extra, v in zip(pp.stage_extra_weights_bytes(spec, stages, tp), read)]
             way = "measured (stage profiles)"
-        elif gpu is not None or gpu_memory is not None:
-            if gpu is not None:
-                from kvadvise.gpus import lookup_gpu
+        elif local is not None:
+            from kvadvise.commands._common import stderr_console
 
-                names = [n.strip() for n in gpu.split(",")]
-                if any(not n for n in names):
-                    raise InputError(f"--gpu: cannot read {gpu!r} as a comma-separated list of card names")
-                found = _per_stage([lookup_gpu(n) for n in names], stages, "--gpu")
-                totals = [(g.key, g.total_bytes, "catalog") for g in found]
-            else:
-                sizes = _per_stage(parse_bytes_list(gpu_memory, what="--gpu-memory"), stages, "--gpu-memory")
-                totals = [(None, size, "gpu-memory option") for size in sizes]
+            device, nvml_reader = local
             utils = _per_stage(utilizations or [0.9], stages, "--util")
-            cards = [pp.StageCard(name, total, u, None, source) for (name, total, source), u in zip(totals, utils)]
-            if not (estimate or parameter_counts) and _cuda_device_present():
-                raise EnvironmentProblem(
-                    "measuring each stage on this machine's CUDA card needs the profile command's --stage path, "
-                    "which pp-split does not drive yet",
-                    hint="pass --estimate, or run `kvadvise profile --partition ... --stage i --json` per stage "
-                         "and give the files with --stage-profile")
-            layer_weights = pp.estimate_layer_weights_bytes(spec, settings.tensor_parallel_size)
-            non_kv = None
+            console = stderr_console()
+            cards, non_kv, measured_warnings, stage_extras = measure_stages(
+                spec, split, settings, model=model, max_num_seqs=seqs, utils=utils, device=device,
+                make_workload=_stage_workload, nvml_reader=nvml_reader, named_cards=named_cards,
+                progress=lambda text: console.print(text, markup=False))
+            warnings += measured_warnings
+            way = "measured (this machine's card, stage by stage)"
+        elif named_cards is not None:
+            cards = named_cards
             if not parameter_counts:
                 try:
-                    non_kv, engine_warnings = _engine_estimates(spec, split, cards, settings, model=model,
-                                                                max_num_seqs=seqs, utils=utils)
+                    non_kv, engine_warnings, stage_extras = _engine_estimates(
+                        spec, split, cards, settings, model=model, max_num_seqs=seqs, utils=utils)
                     warnings += engine_warnings
                     way = "estimated (estimate engine, per stage)"
                 except (ImportError, InputError) as error:
@@ -290,22 +460,36 @@ def pp_split(
                 warnings.append("non-KV memory estimated from parameter counts (activation, non-torch and CUDA-graph "
                                 "terms are rules of thumb): measure with --stage-profile")
         elif budget is None:
-            if _cuda_device_present() and not estimate:
-                raise EnvironmentProblem(
-                    "measuring each stage on this machine's CUDA card needs the profile command's --stage path, "
-                    "which pp-split does not drive yet",
-                    hint="pass --gpu NAME --estimate, or --stage-profile files from `kvadvise profile --stage i`")
             raise InputError("no card: say which GPU each stage runs on",
                              hint="pass --gpu NAME (one, or one per stage), --gpu-memory 16GiB,32GiB, "
                                   "--stage-profile FILES, or --kv-cache-memory-bytes N to evaluate a budget")
         elif estimate or parameter_counts:
             raise InputError("--estimate needs the cards: pass --gpu NAME or --gpu-memory SIZE")
 
+        # what moves with a layer: its share of the stages' own (measured / engine) weights where known
+        layer_method, layer_source = "estimated", "parameter counts"
+        if non_kv is not None and layer_weights is None:
+            counted = pp.estimate_layer_weights_bytes(spec, tp)
+            layer_weights, kept = pp.layer_weights_from_stages(
+                counted, split, [m.weights_bytes for m in non_kv], stage_extras)
+            measured_weights = all((m.term_methods or {}).get("weights", m.method) == "measured" for m in non_kv)
+            layer_method = "measured" if measured_weights else "estimated"
+            layer_source = ("each stage's " + ("measured" if measured_weights else "estimated") + " weights less "
+                            "what stays on it (embedding / final norm / lm_head from the config, vLLM's rotary "
+                            "cache), shared among its layers by parameter count")
+            if kept:
+                layer_method = "mixed"
+                warnings.append(f"stage(s) {', '.join(map(str, kept))}: weights not above the embedding / lm_head "
+                                "extras; their layers' weights are taken from parameter counts")
+        elif layer_weights is not None:
+            layer_source = "parameter counts"
+
         if utilizations and cards is None:
             raise InputError("--util needs the cards: pass --gpu, --gpu-memory or --stage-profile")
 
         plan = pp.plan_pp_split(spec, settings, split, cards=cards, non_kv=non_kv,
-                                layer_weights_bytes=layer_weights, kv_cache_memory_bytes=budget)
+                                layer_weights_bytes=layer_weights, kv_cache_memory_bytes=budget,
+                                layer_weights_method=layer_method, layer_weights_source=layer_source)
         warnings += list(plan.warnings)
         inputs = {
             "model": model,

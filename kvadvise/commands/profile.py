@@ -12,10 +12,10 @@ from typing import Any, Optional
 
 import typer
 
+from kvadvise.commands import _budget_options as opts
 from kvadvise.commands._common import (JsonOption, MinConcurrencyOption, MinTokensOption, Outcome, OutputOption,
                                        execute, stderr_console)
 from kvadvise.errors import InputError
-from kvadvise.plan.kv import DEFAULT_VLLM_VERSION, VLLM_VERSIONS  # pure arithmetic: no torch
 
 LOAD_FORMATS = ("auto", "dummy")
 DTYPES = ("auto", "bfloat16", "float16")
@@ -77,36 +77,30 @@ class _Progress:
 
 
 def profile(
-    model: str = typer.Argument(..., help="Hub id (local cache), a directory with config.json, or a config file."),
-    util: float = typer.Option(0.9, "--util", "--gpu-memory-utilization",
-                               help="vLLM's --gpu-memory-utilization to advise for."),
+    model: str = opts.ModelArgument,
+    util: float = opts.UtilOption,
     device: str = typer.Option("cuda", "--device", help="cuda[:N] (measure on the GPU) or cpu (on the host)."),
     load_format: str = typer.Option("auto", "--load-format",
                                     help="auto: the checkpoint's weights; dummy: built from the config."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, bfloat16 or float16."),
+    dtype: str = opts.DtypeOption,
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own code."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision of MODEL."),
-    max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens",
-                                                         help="Default: vLLM's for the device."),
-    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="Default: vLLM's for the device."),
-    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="Default: the model's."),
-    kv_cache_dtype: str = typer.Option("auto", "--kv-cache-dtype", help="auto, bfloat16, float16, fp8, ..."),
-    block_size: Optional[int] = typer.Option(None, "--block-size", help="KV block size (default vLLM's)."),
-    enforce_eager: bool = typer.Option(False, "--enforce-eager", help="No CUDA graphs (as vLLM's flag)."),
-    cuda_graph_sizes: Optional[str] = typer.Option(None, "--cuda-graph-sizes",
-                                                   help="Largest capture size, or a comma-separated list."),
-    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", "-tp",
-                                             help="Measure one rank's shard (shape-equivalent, dummy weights)."),
-    partition: Optional[str] = typer.Option(None, "--partition", help="Pipeline layer counts, e.g. 48,16."),
-    stage: Optional[int] = typer.Option(None, "--stage", help="The pipeline stage to measure (with --partition)."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="CPU mode: the target card from the catalog."),
-    gpu_memory: Optional[str] = typer.Option(None, "--gpu-memory",
-                                             help="CPU mode: the target card's total memory, e.g. 24GiB."),
-    gpu_free: Optional[str] = typer.Option(None, "--gpu-free",
-                                           help="CPU mode: the target card's free memory at start (default: total)."),
-    vllm_version: Optional[str] = typer.Option(None, "--vllm-version",
-                                               help=f"vLLM rules to mirror: {', '.join(VLLM_VERSIONS)} "
-                                                    f"(default {DEFAULT_VLLM_VERSION})."),
+    max_num_batched_tokens: Optional[int] = opts.max_num_batched_tokens_option("device"),
+    max_num_seqs: Optional[int] = opts.max_num_seqs_option("device"),
+    max_model_len: Optional[int] = opts.MaxModelLenOption,
+    kv_cache_dtype: str = opts.KvCacheDtypeOption,
+    block_size: Optional[int] = opts.BlockSizeOption,
+    enforce_eager: bool = opts.EnforceEagerOption,
+    cuda_graph_sizes: Optional[str] = opts.CudaGraphSizesOption,
+    tensor_parallel_size: int = opts.tensor_parallel_size_option(
+        "Measure one rank's shard (shape-equivalent, dummy weights)."),
+    partition: Optional[str] = opts.PartitionOption,
+    stage: Optional[int] = opts.stage_option("measure"),
+    gpu: Optional[str] = opts.gpu_option("CPU mode: the target card from the catalog."),
+    gpu_memory: Optional[str] = opts.gpu_memory_option("CPU mode: the target card's total memory, e.g. 24GiB."),
+    gpu_free: Optional[str] = opts.gpu_free_option(
+        "CPU mode: the target card's free memory at start (default: total)."),
+    vllm_version: Optional[str] = opts.vllm_version_option(),
     json_output: bool = JsonOption,
     output: Optional[Path] = OutputOption,
     min_tokens: Optional[int] = MinTokensOption,
@@ -156,7 +150,7 @@ def _target_card(kind: str, gpu: Optional[str], gpu_memory: Optional[str], gpu_f
                         "has the CUDA context (typically 0.3-0.6 GiB) and any other process's memory in use "
                         "before vLLM starts, so the 'full' value is an upper bound; 'fit' does not depend on it")
     return TargetDevice(name=card.name, total_bytes=card.total_bytes, free_bytes_at_start=card.free_bytes_at_start,
-                        source=card.source)
+                        source=card.source, family=card.family, catalog_key=card.catalog_key)
 
 
 def resolve_settings(options: dict[str, Any], spec: Any, warnings: list[str]) -> Any:
@@ -244,7 +238,8 @@ def run_profile_command(options: dict[str, Any], *, progress: Any = None, device
     if device is None:
         device, nvml_reader = _make_device(kind, index, target)
     if workload is None:
-        workload = session.TorchWorkload(spec, settings, device, model_path=os.path.dirname(spec.config_path))
+        workload = session.TorchWorkload(spec, settings, device, model_path=os.path.dirname(spec.config_path),
+                                         target_family=target.family if target is not None else None)
     inputs = inputs_block(options)
     try:
         result = session.run_profile(settings, spec, device, workload, target=target, nvml_reader=nvml_reader,
@@ -268,7 +263,8 @@ def run_profile_command(options: dict[str, Any], *, progress: Any = None, device
         from dataclasses import replace
 
         report = replace(report, warnings=tuple(warnings) + report.warnings)
-    document = budget_document(report, inputs=inputs, layout=result.layout, extra={"measurement": {
+    document = budget_document(report, inputs=inputs, layout=result.layout, weight_buffers=result.weight_buffers,
+                               extra={"measurement": {
         "device_measured": device.torch_device, "phases": phases_block(result.phases), "failed_phase": None,
         "shape_equivalent": result.shape_note}})
     return Outcome(document=document, render=lambda console: render_budget(document, console),

@@ -76,20 +76,9 @@ def representative_layers(model: Any) -> tuple[int, int]:
 
 def build_fake_model(spec: Any, *, dtype: str, shape: Any, fake_mode: Any) -> Any:
     """The rank's model (kvadvise.profile.build.build_model, dummy) with fake tensors: no memory taken."""
-    import copy
-    from dataclasses import replace
-
     from kvadvise.errors import KvadviseError
     from kvadvise.profile.build import build_model
 
-    if shape.tensor_parallel_size > 1 and spec.raw_config:
-        # the pad token id only names a row of the embedding (no memory); on a TP rank's shrunk vocabulary
-        # it may fall outside (gpt-oss: 199999 of 100544 rows) and nn.Embedding refuses it
-        raw = copy.deepcopy(dict(spec.raw_config))
-        raw.pop("pad_token_id", None)
-        if isinstance(raw.get("text_config"), dict):
-            raw["text_config"].pop("pad_token_id", None)
-        spec = replace(spec, raw_config=raw)
     try:
         with fake_mode:
             return build_model(spec, load_format="dummy", dtype=dtype, device="cpu", shape=shape)
@@ -105,8 +94,12 @@ def build_fake_model(spec: Any, *, dtype: str, shape: Any, fake_mode: Any) -> An
 
 
 def trace_activation(model: Any, spec: Any, plan: Any, *, shape: Any, fake_mode: Any, run_sampler: bool,
-                     vllm_version: str) -> int:
-    """Peak live bytes of the runner's dummy run minus the bytes live before it (as profile measures)."""
+                     vllm_version: str, cublas_workspace_bytes: int = 0) -> int:
+    """Peak live bytes of the runner's dummy run minus the bytes live before it (as profile measures).
+
+    cublas_workspace_bytes: the target card's cuBLAS workspace (kvadvise.plan.dummy), which vLLM's first
+    matmul allocates inside its profile run: part of vLLM's activation peak, as in `profile --device cpu`.
+    """
     from kvadvise.profile.build import model_tensors
     from kvadvise.profile.runner import dummy_run, make_dummy_inputs
     from kvadvise.profile.tracker import LiveBytesTracker
@@ -120,14 +113,15 @@ def trace_activation(model: Any, spec: Any, plan: Any, *, shape: Any, fake_mode:
             inputs = make_dummy_inputs(plan, model, device="cpu")
             before = tracker.reset_peak()
             dummy_run(model, spec, plan, device="cpu", run_sampler=run_sampler, sampler_version=vllm_version,
-                      shape=shape, inputs=inputs)
+                      shape=shape, inputs=inputs, cublas_workspace_bytes=cublas_workspace_bytes)
             peak = tracker.peak_bytes
             del inputs
     return peak - before
 
 
 def estimate_activation(spec: Any, plan: Any, *, dtype: str, shape: Any, run_sampler: bool, vllm_version: str,
-                        model: Any = None, fake_mode: Any = None, shortcut: bool = True) -> ActivationEstimate:
+                        model: Any = None, fake_mode: Any = None, shortcut: bool = True,
+                        cublas_workspace_bytes: int = 0) -> ActivationEstimate:
     """Trace the dummy run under fake tensors (the shortcut model unless shortcut=False); analytic fallback."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -137,12 +131,12 @@ def estimate_activation(spec: Any, plan: Any, *, dtype: str, shape: Any, run_sam
             model = build_fake_model(spec, dtype=dtype, shape=shape, fake_mode=fake_mode)
         kept, total = representative_layers(model) if shortcut else (None, None)
         peak = trace_activation(model, spec, plan, shape=shape, fake_mode=fake_mode, run_sampler=run_sampler,
-                                vllm_version=vllm_version)
+                                vllm_version=vllm_version, cublas_workspace_bytes=cublas_workspace_bytes)
         return ActivationEstimate(peak, "fake-tensor trace", kept, total)
     except Exception as error:  # an op fake tensors cannot run (data-dependent output), an unknown layout
         bytes_ = analytic_activation_bytes(spec, plan, dtype=dtype,
                                            tensor_parallel_size=shape.tensor_parallel_size,
-                                           run_sampler=run_sampler)
+                                           run_sampler=run_sampler) + cublas_workspace_bytes
         reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
         return ActivationEstimate(bytes_, "analytic", None, None, (
             f"the dummy run could not be traced under fake tensors ({reason}); the peak activation is the "

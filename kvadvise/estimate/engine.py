@@ -62,6 +62,7 @@ class EstimateResult:
     layout: Any
     detail: dict = field(default_factory=dict)   # the `estimate` block of the JSON document
     does_not_fit: Optional[InputError] = None
+    weight_buffers: Any = None                   # the vLLM-only part of weights (kvadvise/plan/vllm_buffers.py)
 
 
 def shape_note(settings: Any, *, non_torch_given: bool) -> Optional[str]:
@@ -114,7 +115,8 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from kvadvise.estimate.activation import build_fake_model, estimate_activation
-    from kvadvise.estimate.graphs import default_non_torch, estimate_graphs
+    from kvadvise.estimate.graphs import GRAPH_ESTIMATE_WARNING, default_non_torch, estimate_graphs
+    from kvadvise.estimate.graphs import graph_detail as graph_details
     from kvadvise.estimate.weights import ShardPlan, estimate_weights
     from kvadvise.plan import dummy
     from kvadvise.profile import session
@@ -159,10 +161,20 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
         warnings.append(f"the dummy sampler follows vLLM {rule}'s (v1 PyTorch top-k/top-p path); vLLM "
                         f"{settings.vllm_version}'s own sampler is not mirrored, so its activation peak may "
                         "differ by the sampler's share (float32 logits, sort, masks)")
+    # vLLM's first matmul allocates the cuBLAS workspace inside its profile run: part of its activation peak
+    cublas, cublas_known = dummy.cublas_workspace_bytes_for_family(card.family)
+    if not cublas_known:
+        warnings.append(f"the target card's cuBLAS workspace is not known: {cublas} bytes (the largest, "
+                        "Hopper/Blackwell figure) counted in the activation peak")
     activation = estimate_activation(spec, plan, dtype=dtype, shape=shape, run_sampler=run_sampler,
                                      vllm_version=settings.vllm_version, model=model, fake_mode=fake_mode,
-                                     shortcut=shortcut)
+                                     shortcut=shortcut, cublas_workspace_bytes=cublas)
     warnings.extend(activation.warnings)
+    from kvadvise.plan.fidelity import image_model_warning
+    from kvadvise.profile.runner import multimodal_encoder_items
+
+    if shape.is_first_stage and multimodal_encoder_items(model, tokens) is not None:
+        warnings.append(image_model_warning())
 
     # ---- CUDA graphs
     graph_detail: dict[str, Any] = {}
@@ -179,12 +191,8 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
         try:
             graphs = estimate_graphs(model, spec, sizes, shape=shape, fake_mode=fake_mode)
             graph_bytes, graph_method = graphs.cuda_graph_bytes, "estimated"
-            graph_detail = {"method": "decode-step pool at the largest capture size + a per-size figure",
-                            "pool_bytes": graphs.pool_bytes, "bytes_per_size": graphs.per_size_bytes,
-                            "num_sizes": graphs.num_sizes, "largest_size": graphs.largest_size}
-            warnings.append("CUDA-graph memory is estimated (decode-step pool + 10 MiB per capture size, from "
-                            "a public vLLM log); measured captures vary by up to 3x with the vLLM version and "
-                            "backend: `kvadvise profile` on the card measures it")
+            graph_detail = graph_details(graphs)
+            warnings.append(GRAPH_ESTIMATE_WARNING)
         except Exception as error:
             from kvadvise.estimate.graphs import GRAPH_BYTES_PER_SIZE
 
@@ -251,10 +259,11 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
                     "quantization_scale_bytes": weights.quantization_scale_bytes},
         "activation": {"method": activation.method, "traced_layers": activation.traced_layers,
                        "total_layers": activation.total_layers, "num_tokens": plan.num_tokens,
-                       "num_reqs": plan.num_reqs, "sampler": run_sampler},
+                       "num_reqs": plan.num_reqs, "sampler": run_sampler, "cublas_workspace_bytes": cublas},
         "cuda_graphs": graph_detail or None,
         "non_torch": {"source": non_torch_source, "family": card.family},
         "shape_equivalent": note,
     }
     error = None if advice.fits else session.does_not_fit_error(report, settings)
-    return EstimateResult(report=report, layout=layout, detail=detail, does_not_fit=error)
+    return EstimateResult(report=report, layout=layout, detail=detail, does_not_fit=error,
+                          weight_buffers=weights.vllm_buffers)

@@ -2,8 +2,8 @@
 
 CUDA graphs (method): vLLM captures the decode step for every capture size, largest first, into ONE
 shared memory pool, so the pool is about the peak of the largest step; we trace that step (the runner's
-prepare_decode_capture, the same decoder on `largest` sequences of one token) under FakeTensorMode with
-the LiveBytesTracker. Each captured graph also keeps memory of its own outside what torch's tensors show
+prepare_decode_capture, the same decoder on `largest` sequences of one token) with the LiveBytesTracker,
+under FakeTensorMode (`estimate`) or on the host's real model (`profile --device cpu`: the same function). Each captured graph also keeps memory of its own outside what torch's tensors show
 (graph exec objects, per-graph workspaces): GRAPH_BYTES_PER_SIZE per capture size, a rough figure from
 a public vLLM V1 log (see its comment). Both are estimates and are marked so.
 
@@ -77,14 +77,19 @@ class GraphEstimate:
     largest_size: int
 
 
-def trace_decode_pool(model: Any, spec: Any, largest: int, *, shape: Any, fake_mode: Any) -> int:
-    """Peak live bytes of one decode step of `largest` sequences (the shared pool), static inputs excluded."""
+def trace_decode_pool(model: Any, spec: Any, largest: int, *, shape: Any, fake_mode: Any = None) -> int:
+    """Peak live bytes of one decode step of `largest` sequences (the shared pool), static inputs excluded.
+
+    fake_mode None: the model's tensors are real host tensors (the CPU profile); the step really runs.
+    """
+    import contextlib
+
     from kvadvise.profile.build import model_tensors
     from kvadvise.profile.runner import prepare_decode_capture
     from kvadvise.profile.tracker import LiveBytesTracker
 
     tracker = LiveBytesTracker()
-    with fake_mode:
+    with fake_mode if fake_mode is not None else contextlib.nullcontext():
         tracker.adopt(model_tensors(model))
         capture = prepare_decode_capture(model, spec, [largest], device="cpu", shape=shape)
         with tracker:
@@ -95,8 +100,22 @@ def trace_decode_pool(model: Any, spec: Any, largest: int, *, shape: Any, fake_m
     return peak - before
 
 
-def estimate_graphs(model: Any, spec: Any, sizes: Sequence[int], *, shape: Any, fake_mode: Any) -> GraphEstimate:
+def estimate_graphs(model: Any, spec: Any, sizes: Sequence[int], *, shape: Any,
+                    fake_mode: Any = None) -> GraphEstimate:
+    """The shared pool (the largest decode step, traced) + GRAPH_BYTES_PER_SIZE per capture size."""
     largest = max(sizes)
     pool = trace_decode_pool(model, spec, largest, shape=shape, fake_mode=fake_mode)
     per_size = GRAPH_BYTES_PER_SIZE * len(sizes)
     return GraphEstimate(pool + per_size, pool, GRAPH_BYTES_PER_SIZE, len(sizes), largest)
+
+
+GRAPH_ESTIMATE_WARNING = ("CUDA-graph memory is estimated (decode-step pool + 10 MiB per capture size, from a "
+                          "public vLLM log); measured captures vary by up to 3x with the vLLM version and backend: "
+                          "`kvadvise profile` on the card measures it")
+
+
+def graph_detail(graphs: GraphEstimate) -> dict:
+    """The JSON description of a graph estimate (estimate's `estimate.cuda_graphs`, profile's phase detail)."""
+    return {"method": "decode-step pool at the largest capture size + a per-size figure",
+            "pool_bytes": graphs.pool_bytes, "bytes_per_size": graphs.per_size_bytes,
+            "num_sizes": graphs.num_sizes, "largest_size": graphs.largest_size}

@@ -12,13 +12,16 @@ vocab-parallel, replicated; kv heads replicated when fewer than ranks), read fro
 Totals, so that each comparison is exact:
 - `parameter_bytes`: the model's parameters and checkpoint buffers at HF shapes, quantized as vLLM holds
   them, for this rank and stage;
-- `hf_buffer_bytes`: transformers' non-persistent buffers (rotary `inv_freq`): what a CPU profile of the HF
-  model measures on top of the parameters;
-- `vllm_extra_bytes`: what vLLM holds that the HF model does not: its rotary cos/sin cache (one per distinct
-  rotary setting, max positions x rotary dim in the model dtype), vocabulary padding to a multiple of 64,
-  MLA's dequantized W_UK/W_UV when kv_b_proj is quantized.
-`weights_bytes` = parameter_bytes + vllm_extra_bytes (the figure vLLM logs as "Model loading took");
-`profile_equivalent_bytes` = parameter_bytes + hf_buffer_bytes (what `kvadvise profile --device cpu` finds).
+- `hf_buffer_bytes`: transformers' non-persistent buffers (rotary `inv_freq`, gemma's embed scale; < 1 KiB
+  a model): the profile measures them, so they stay counted (vLLM keeps small buffers of its own, e.g.
+  gemma's normalizer; counting them can only lower "fit");
+- `vllm_buffers`: vLLM's weight-time buffers that the HF model lacks, from the one source both commands use
+  (kvadvise/plan/vllm_buffers.py: rotary cos/sin caches, vocabulary padding to a multiple of 64);
+- `vllm_extra_bytes`: those buffers plus what only a quantized or staged layout adds (MLA's dequantized
+  W_UK/W_UV when kv_b_proj is quantized; the lm_head copy of a tied embedding on the last PP stage).
+`weights_bytes` = parameter_bytes + hf_buffer_bytes + vllm_extra_bytes (vLLM's "Model loading took");
+`profile_equivalent_bytes` = parameter_bytes + hf_buffer_bytes: the HF tensors `kvadvise profile` measures
+before it adds the same vLLM buffers (so profile's weights equal weights_bytes on an unquantized model).
 Does not know: kernel-specific layouts beyond the padding named in quantization.py, LoRA adapters,
 speculative-decoding draft layers (MTP layers beyond num_hidden_layers are dropped, as vLLM drops them).
 """
@@ -34,7 +37,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from kvadvise.errors import InputError
 from kvadvise.estimate.quantization import (QuantScheme, cdiv, linear_bytes, mxfp4_padded_sizes,
-                                            parse_quantization, quantizes_linear, round_up)
+                                            parse_quantization, quantizes_linear)
+from kvadvise.plan.vllm_buffers import NO_BUFFERS, VllmWeightBuffers, VocabTensor, vllm_weight_buffers
 
 # safetensors dtype names -> bytes per element (F4 packs two values per byte: not used by HF checkpoints)
 SAFETENSORS_DTYPE_BYTES = {
@@ -43,8 +47,6 @@ SAFETENSORS_DTYPE_BYTES = {
 }
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 MODEL_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "half": 2, "float": 4}
-# mirrors vLLM 0.11 model_executor/layers/vocab_parallel_embedding.py DEFAULT_VOCAB_PADDING_SIZE
-VOCAB_PADDING = 64
 
 
 @dataclass(frozen=True)
@@ -86,10 +88,11 @@ class WeightsEstimate:
     quantization_scale_bytes: int            # the part of parameter_bytes that is scales / zeros / g_idx
     vllm_extra_detail: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    vllm_buffers: VllmWeightBuffers = NO_BUFFERS
 
     @property
     def weights_bytes(self) -> int:
-        return self.parameter_bytes + self.vllm_extra_bytes
+        return self.parameter_bytes + self.hf_buffer_bytes + self.vllm_extra_bytes
 
     @property
     def profile_equivalent_bytes(self) -> int:
@@ -317,39 +320,6 @@ def _widths(config: Mapping[str, Any]) -> _Widths:
                    int(text.get("vocab_size") or 0))
 
 
-def rotary_cache_bytes(config: Mapping[str, Any], model_dtype_bytes: int) -> tuple[int, list[str]]:
-    """vLLM's rotary cos/sin caches: one per distinct rotary setting, [max positions, rotary dim], model dtype.
-
-    mirrors vLLM 0.11 layers/rotary_embedding/base.py RotaryEmbedding: cos_sin_cache buffer of
-    [max_position_embeddings, rotary_dim] cast to the model dtype; get_rope is lru-cached so layers with the
-    same setting share one cache; DeepseekScalingRotaryEmbedding (YaRN on MLA models) covers
-    original_max_position_embeddings x factor positions.
-    """
-    text = text_config_of(config)
-    head_dim = text.get("head_dim") or (text.get("hidden_size", 0) // max(1, text.get("num_attention_heads") or 1))
-    if text.get("qk_rope_head_dim"):
-        rotary_dim = int(text["qk_rope_head_dim"])
-    else:
-        factor = text.get("partial_rotary_factor") or (text.get("rope_parameters") or {}).get(
-            "partial_rotary_factor") or 1.0
-        rotary_dim = int(int(head_dim) * float(factor))
-    if not rotary_dim or text.get("position_embedding_type") == "absolute" or "n_positions" in text:
-        return 0, []
-    max_positions = int(text.get("max_position_embeddings") or 0)
-    scaling = text.get("rope_scaling") or {}
-    if text.get("kv_lora_rank") and scaling.get("type", scaling.get("rope_type")) in ("yarn", "deepseek_yarn"):
-        max_positions = int(scaling.get("original_max_position_embeddings", max_positions)) \
-            * int(scaling.get("factor", 1))
-    caches = 1
-    notes: list[str] = []
-    # gemma-3 (and gemma-2 style local/global) builds a second rotary for its sliding layers
-    if text.get("rope_local_base_freq") is not None or "sliding_attention" in (text.get("layer_types") or ()) \
-            and text.get("model_type", "").startswith("gemma3"):
-        caches = 2
-        notes.append("two rotary caches (local and global)")
-    return caches * max_positions * rotary_dim * model_dtype_bytes, notes
-
-
 def _model_layer_count(model: Any, filled: Mapping[str, Any]) -> int:
     """Decoder layers of a built model: its text config's num_hidden_layers (a property on some configs,
     e.g. Nemotron-H, so absent from to_dict()), else the dict's."""
@@ -416,13 +386,20 @@ def estimate_weights(config: Mapping[str, Any], *, model_dtype: str, plan: Shard
         parameter_bytes, scale_bytes = _count_model(model_records, model_plan, model_layers, widths, dtype_bytes,
                                                     scheme, mxfp4_backend)
         source = "meta-device build"
-    extra = _vllm_extra(filled, model_records, model_plan, model_layers, widths, dtype_bytes, scheme)
+    text = text_config_of(filled)
     if header_records is not None and source == "safetensors headers":
-        padding = vocab_padding_bytes(header_records, plan, num_layers, dtype_bytes)
+        vocab = _vocab_tensors(header_records, plan, num_layers, None)
+    elif model_is_shard:
+        whole_vocab = int(text_config_of(config).get("vocab_size") or 0) or None
+        vocab = _vocab_tensors(model_records, model_plan, model_layers, whole_vocab, shard_tp=tp)
     else:
-        padding = vocab_padding_bytes(model_records, model_plan, model_layers, dtype_bytes)
-    if padding:
-        extra["vocabulary padding to a multiple of 64"] = padding
+        vocab = _vocab_tensors(model_records, model_plan, model_layers, None)
+    holds_layers = num_layers == 0 or any(plan.holds_layer(i) for i in range(num_layers))
+    buffers = vllm_weight_buffers(text, dtype_bytes=dtype_bytes, tensor_parallel_size=tp,
+                                  holds_layers=holds_layers, vocab_tensors=vocab)
+    notes.extend(buffers.notes)
+    extra = dict(buffers.detail())
+    extra.update(_quantized_extra(filled, model_records, model_plan, model_layers, widths, dtype_bytes, scheme))
     if not model_is_shard and _ties_across_stages(filled, plan):
         embedding = next((r for r in model_records if _is_vocab(r.name) and "lm_head" not in r.name), None)
         if embedding is not None:
@@ -432,7 +409,7 @@ def estimate_weights(config: Mapping[str, Any], *, model_dtype: str, plan: Shard
         parameter_bytes=parameter_bytes, hf_buffer_bytes=hf_buffer_bytes,
         vllm_extra_bytes=sum(extra.values()), source=source,
         quantization=scheme.method if scheme else None, quantization_scale_bytes=scale_bytes,
-        vllm_extra_detail=extra, notes=tuple(notes))
+        vllm_extra_detail=extra, notes=tuple(notes), vllm_buffers=buffers)
 
 
 def _ties_across_stages(config: Mapping[str, Any], plan: ShardPlan) -> bool:
@@ -547,30 +524,32 @@ def _count_headers(records: Iterable[TensorRecord], plan: ShardPlan, num_layers:
     return total, scales
 
 
-def vocab_padding_bytes(records: Iterable[TensorRecord], plan: ShardPlan, num_layers: int, dtype_bytes: int) -> int:
-    """Rows vLLM adds to the embedding / lm_head on this rank: the vocabulary padded to a multiple of 64.
+def _vocab_tensors(records: Iterable[TensorRecord], plan: ShardPlan, num_layers: int, whole_vocab: Optional[int],
+                   shard_tp: int = 1) -> list[VocabTensor]:
+    """The embedding / lm_head tensors of this rank as the records hold them (kvadvise.plan.vllm_buffers pads them).
 
-    mirrors vLLM 0.11 vocab_parallel_embedding.py: pad_vocab_size(vocab, 64), then split over the ranks.
+    whole_vocab None: the records are whole-model tensors (headers, a whole build), split over the plan's
+    ranks as parameter_bytes counts them. Else they already are one rank's (the profile's shard build: at
+    TP > 1 its vocabulary is vLLM's padded share), and whole_vocab is the model's vocabulary.
     """
     tp = plan.tensor_parallel_size
-    total = 0
+    out = []
     for record in records:
         if record.kind != "parameter" or len(record.shape) != 2 or not _is_vocab(record.name) \
                 or not _in_plan(record.name, plan, num_layers):
             continue
-        rows = record.shape[0]
-        pad = _split(round_up(rows, VOCAB_PADDING), tp) - _split(rows, tp)
-        total += max(0, pad) * record.shape[1] * dtype_bytes
-    return total
+        rows, width = record.shape
+        if whole_vocab is None:
+            out.append(VocabTensor(vocab_size=rows, rows_held=_split(rows, tp), width=width))
+        else:
+            out.append(VocabTensor(vocab_size=whole_vocab if shard_tp > 1 else rows, rows_held=rows, width=width))
+    return out
 
 
-def _vllm_extra(config: Mapping[str, Any], records: Sequence[TensorRecord], plan: ShardPlan, num_layers: int,
-                widths: _Widths, dtype_bytes: int, scheme: Optional[QuantScheme]) -> dict[str, int]:
+def _quantized_extra(config: Mapping[str, Any], records: Sequence[TensorRecord], plan: ShardPlan, num_layers: int,
+                     widths: _Widths, dtype_bytes: int, scheme: Optional[QuantScheme]) -> dict[str, int]:
+    """What vLLM adds to a quantized layout only (the rotary and vocabulary buffers are vllm_buffers')."""
     extra: dict[str, int] = {}
-    holds_layers = num_layers == 0 or any(plan.holds_layer(i) for i in range(num_layers))
-    rotary, _ = rotary_cache_bytes(config, dtype_bytes)
-    if rotary and holds_layers:
-        extra["rotary cos/sin cache"] = rotary
     tp = plan.tensor_parallel_size
     text = text_config_of(config)
     if text.get("kv_lora_rank") and scheme is not None and scheme.method != "mxfp4":

@@ -3,14 +3,15 @@ the CUDA-graph capture sizes.
 
 Knows: which `max_num_batched_tokens` / `max_num_seqs` vLLM picks by itself for a device (by total memory
 and name), how `_dummy_run` splits the tokens into requests, how many rows the dummy sampler sees, which
-batch sizes get a CUDA graph. Does not know: anything measured (that is profile/), nor how the tensors
+batch sizes get a CUDA graph, and torch's cuBLAS workspace on a card (part of vLLM's activation peak).
+vLLM's weight-time buffers (rotary caches, vocabulary padding) are in plan/vllm_buffers.py. Does not know: anything measured (that is profile/), nor how the tensors
 are built (profile/runner.py runs the plan). Pure: no torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 GIB = 1 << 30
 
@@ -142,57 +143,19 @@ def cublas_workspace_bytes(compute_capability_major: Optional[int]) -> Optional[
     return CUBLAS_WORKSPACE_BYTES_DEFAULT
 
 
-def _rope_entries(text_config: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The distinct rope settings of a text config (raw `rope_scaling` or transformers 5 `rope_parameters`)."""
-    rope = text_config.get("rope_scaling") or text_config.get("rope_parameters") or {}
-    if isinstance(rope, Mapping) and rope and all(isinstance(v, Mapping) for v in rope.values()):
-        return [rope[key] for key in sorted(rope)]            # per layer type (gemma-3 style)
-    entries = [rope if isinstance(rope, Mapping) else {}]
-    model_type = str(text_config.get("model_type", ""))
-    if model_type.startswith("gemma3"):
-        # mirrors vLLM 0.11 models/gemma3.py: sliding layers use rope_local_base_freq without scaling
-        entries.append({"rope_type": "default", "rope_theta": text_config.get("rope_local_base_freq", 10000.0)})
-    return entries
+# compute capability major of each catalog family (kvadvise/gpus.py): Ampere 8.0/8.6, Ada 8.9, Hopper 9.0;
+# Blackwell is 10.x (B200) or 12.x (RTX 5090, RTX PRO 6000): the same workspace either way
+FAMILY_COMPUTE_CAPABILITY_MAJOR = {"ampere": 8, "ada": 8, "hopper": 9, "blackwell": 10}
 
 
-def vllm_rotary_cache_shapes(text_config: Mapping[str, Any]) -> tuple[tuple[int, int], ...]:
-    """(positions, rotary_dim) of every cos/sin cache vLLM keeps for a model (one per distinct rope).
+def cublas_workspace_bytes_for_family(family: Optional[str]) -> tuple[int, bool]:
+    """(workspace bytes, known) for a target card family, for runs that have no CUDA device (CPU, fake).
 
-    mirrors vLLM 0.11 model_executor/layers/rotary_embedding (get_rope caches one module per argument
-    set; each registers `cos_sin_cache` of (max_len, rotary_dim) in the model dtype, counted in "Model
-    loading took"): max_len = max_position_embeddings for default / llama3 / mrope ropes,
-    max_position_embeddings x factor for linear and dynamic scaling, original_max_position_embeddings x
-    factor for yarn and deepseek_yarn. rotary_dim = head_dim x partial_rotary_factor (qk_rope_head_dim for
-    MLA). Transformers keeps only inv_freq, so this is what a transformers-built model lacks.
+    A family we have no rule for (an AMD card, whose hipBLAS(Lt) workspace we have not read, or a card
+    given only by --gpu-memory) gets the largest figure, 32 MiB: counting more activation can only lower
+    "fit", the safe side.
     """
-    max_positions = int(text_config.get("max_position_embeddings") or 0)
-    if max_positions <= 0:
-        return ()
-    if text_config.get("qk_rope_head_dim"):
-        rotary_dim = int(text_config["qk_rope_head_dim"])
-    else:
-        head_dim = text_config.get("head_dim")
-        if not head_dim:
-            heads = text_config.get("num_attention_heads")
-            hidden = text_config.get("hidden_size")
-            if not heads or not hidden:
-                return ()
-            head_dim = hidden // heads
-        rotary_dim = int(head_dim * float(text_config.get("partial_rotary_factor") or 1.0))
-    shapes = []
-    for rope in _rope_entries(text_config):
-        kind = rope.get("rope_type") or rope.get("type") or "default"
-        factor = float(rope.get("factor") or 1.0)
-        if kind in ("linear", "dynamic"):
-            length = int(max_positions * factor)
-        elif kind in ("yarn", "deepseek_yarn"):
-            length = int(int(rope.get("original_max_position_embeddings") or max_positions) * factor)
-        else:
-            length = max_positions
-        shapes.append((length, rotary_dim))
-    return tuple(shapes)
-
-
-def vllm_rotary_cache_bytes(text_config: Mapping[str, Any], dtype_bytes: int) -> int:
-    """Bytes of vLLM's rotary cos/sin caches for a text config, in a dtype of dtype_bytes per element."""
-    return sum(length * dim * dtype_bytes for length, dim in vllm_rotary_cache_shapes(text_config))
+    major = FAMILY_COMPUTE_CAPABILITY_MAJOR.get(family or "")
+    if major is None:
+        return CUBLAS_WORKSPACE_BYTES_HOPPER_BLACKWELL, False
+    return cublas_workspace_bytes(major), True

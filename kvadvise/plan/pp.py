@@ -7,7 +7,9 @@ Knows: vLLM's default layer split (distributed/utils.py get_pp_indices), how eve
 which vLLM versions shrink the other stages' tensors to that minimum (0.12+) or keep them (0.10.2-0.11).
 A stage's non-KV memory is its card's fixed terms (activation peak, non-torch, CUDA graphs, the
 embedding on the first stage, final norm + lm_head on the last) plus the weights of the layers it holds;
-moving layers moves only their weights. Block arithmetic comes from kvadvise.plan.kv.
+moving layers moves only their weights, per layer either shared out of the stages' own (measured or
+estimated) weights less the first/last extras (layer_weights_from_stages) or from parameter counts.
+Block arithmetic comes from kvadvise.plan.kv.
 Does not know: how the non-KV terms were obtained (the caller says: measured, estimated or given).
 Pure: plain Python over frozen dataclasses; never imports torch.
 """
@@ -313,6 +315,7 @@ class StagePlan:
     proportional_kv_cache_memory_bytes: Optional[int]
     fits_uniform: Optional[bool]         # its allocation under the uniform budget fits its fit budget
     methods: dict
+    layer_weights_bytes: Optional[int] = None   # weights of its layers: what moves when layers move
 
 
 @dataclass(frozen=True)
@@ -355,6 +358,8 @@ class PpPlan:
     command: Optional[str]               # the vllm serve line for the GIVEN partition (None when it cannot fit)
     max_model_len: int
     warnings: tuple[str, ...]
+    layer_weights_method: str = "not_applicable"   # how the weights of moved layers were obtained
+    layer_weights_source: Optional[str] = None
 
 
 class _Layouts:
@@ -427,12 +432,15 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
                   non_kv: Optional[Sequence[StageNonKv]] = None,
                   layer_weights_bytes: Optional[Sequence[int]] = None,
                   kv_cache_memory_bytes: Optional[int] = None,
-                  suggest: bool = True) -> PpPlan:
+                  suggest: bool = True,
+                  layer_weights_method: str = "estimated",
+                  layer_weights_source: Optional[str] = "parameter counts") -> PpPlan:
     """Per-stage budgets, vLLM's uniform budget, proportional budgets, bottleneck and the best partition.
 
     cards + non_kv (one per stage) give each stage's memory; layer_weights_bytes (one per layer, per TP
-    rank) is what moves with a layer when the suggestion moves it. Without cards, kv_cache_memory_bytes
-    alone says what that budget buys (no memory check).
+    rank) is what moves with a layer when the suggestion moves it; layer_weights_method / _source say how
+    those were obtained (see layer_weights_from_stages). Without cards, kv_cache_memory_bytes alone says
+    what that budget buys (no memory check).
     """
     num_layers = spec.num_layers
     partition = check_partition(partition, num_layers)
@@ -553,8 +561,8 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
             methods[term] = ((memory.term_methods or {}).get(term, memory.method) if memory
                              else "not_applicable")
         methods["card"] = card.source if card else "not_applicable"
-        methods["moved_layer_weights"] = "estimated" if (memory and layer_weights_bytes is not None) \
-            else "not_applicable"
+        moved_known = memory is not None and layer_weights_bytes is not None
+        methods["moved_layer_weights"] = layer_weights_method if moved_known else "not_applicable"
         stages.append(StagePlan(
             index=s, first_layer=a, layers=b - a,
             card_name=card.name if card else None,
@@ -572,7 +580,9 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
             uniform_num_blocks=stage_blocks, uniform_allocated_bytes=allocated,
             idle_bytes_uniform=uniform_budget - used if feasible else None,
             proportional_kv_cache_memory_bytes=proportional_blocks * units[s],
-            fits_uniform=fits_uniform, methods=methods))
+            fits_uniform=fits_uniform, methods=methods,
+            layer_weights_bytes=range_weights(a, b) if memory is not None and layer_weights_bytes is not None
+            else None))
 
     utilization = None
     if cards is not None:
@@ -617,7 +627,11 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
         uniform_given=kv_cache_memory_bytes is not None, idle_kind=idle_kind,
         proportional=proportional, proportional_saved_bytes=saved, bottleneck_stage=bottleneck,
         suggestion=suggestion, command=serve_line(partition, uniform_budget) if feasible else None,
-        max_model_len=whole.max_model_len, warnings=tuple(warnings))
+        max_model_len=whole.max_model_len, warnings=tuple(warnings),
+        layer_weights_method=layer_weights_method if (non_kv is not None and layer_weights_bytes is not None)
+        else "not_applicable",
+        layer_weights_source=layer_weights_source if (non_kv is not None and layer_weights_bytes is not None)
+        else None)
 
 
 def _ends(partition: Sequence[int]) -> list[int]:
@@ -736,6 +750,55 @@ def _padded_vocab(vocab: int, tp: int) -> int:
     return -(-vocab // 64) * 64 // tp
 
 
+def stage_extra_weights_bytes(spec: ModelSpec, num_stages: int, tensor_parallel_size: int = 1) -> tuple[int, ...]:
+    """Weights that stay on a stage whatever its layers: the embedding on the first; final norm and lm_head
+    on the last (its own copy on a later stage, even when tied; one shared table with a single stage).
+
+    Config arithmetic in the model dtype (embeddings are not quantized): vocabulary padded to 64 rows,
+    split over the TP ranks.
+    """
+    dtype_bytes = _DTYPE_BYTES.get(spec.dtype, 2)
+    # mirrors vLLM 0.11 models/llama.py: embed_tokens on the first rank (and on the last when tied), lm_head
+    # on the last rank tied to it
+    embedding = _padded_vocab(spec.vocab_size, tensor_parallel_size) * spec.hidden_size * dtype_bytes
+    extras = [0] * num_stages
+    extras[0] += embedding
+    extras[-1] += spec.hidden_size * dtype_bytes                     # final norm
+    if not (spec.tie_word_embeddings and num_stages == 1):
+        extras[-1] += embedding                                      # lm_head
+    return tuple(extras)
+
+
+def layer_weights_from_stages(estimated_layer_bytes: Sequence[int], partition: Sequence[int],
+                              stage_weights_bytes: Sequence[int],
+                              stage_extra_bytes: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per-layer weights taken from each stage's measured or estimated weights, not from parameter counts.
+
+    A stage's layers weigh (weights_s - extras_s) together; that is shared among them in proportion to
+    their parameter-count estimate (equal shares when every layer is alike), to the byte: the shares of a
+    stage sum to exactly weights_s - extras_s. A stage where that is not positive keeps the parameter-count
+    figures; the second value lists those stages.
+    """
+    result: list[int] = []
+    kept: list[int] = []
+    for s, (a, b) in enumerate(stage_ranges(partition)):
+        estimated = [int(x) for x in estimated_layer_bytes[a:b]]
+        target = stage_weights_bytes[s] - stage_extra_bytes[s]
+        total = sum(estimated)
+        if target <= 0 or total <= 0:
+            result += estimated
+            kept.append(s)
+            continue
+        # cumulative rounding: every share is within one byte of its exact value and they sum to target
+        running, previous = 0, 0
+        for value in estimated:
+            running += value
+            share_end = target * running // total
+            result.append(share_end - previous)
+            previous = share_end
+    return tuple(result), tuple(kept)
+
+
 def default_batch_limits(total_bytes: int, vllm_version: str) -> tuple[int, int]:
     """vLLM's default (max_num_batched_tokens, max_num_seqs) for the API server on a card of this size."""
     gib = total_bytes / (1 << 30)
@@ -755,17 +818,11 @@ def estimate_stage_non_kv(spec: ModelSpec, partition: Sequence[int], cards: Sequ
     layer_weights = estimate_layer_weights_bytes(spec, tp)
     dtype_bytes = _DTYPE_BYTES.get(spec.dtype, 2)
     vocab = _padded_vocab(spec.vocab_size, tp)
-    embedding = vocab * spec.hidden_size * dtype_bytes
     n = len(partition)
+    extras = stage_extra_weights_bytes(spec, n, tp)
     result = []
     for s, (a, b) in enumerate(stage_ranges(partition)):
-        weights = sum(layer_weights[a:b])
-        if s == 0:
-            weights += embedding
-        if s == n - 1:
-            weights += spec.hidden_size * dtype_bytes          # final norm
-            if not (spec.tie_word_embeddings and n == 1):
-                weights += embedding                           # lm_head (its own copy on a later stage)
+        weights = sum(layer_weights[a:b]) + extras[s]
         tokens_default, seqs_default = default_batch_limits(cards[s].total_bytes, settings.vllm_version)
         tokens = max_num_batched_tokens or tokens_default
         seqs = min(max_num_seqs or seqs_default, tokens)

@@ -7,17 +7,16 @@ how to load a local checkpoint (`load_format="auto"`) or to build from the confi
 weights straight on the device (`"dummy"`, no host copy), also on "meta" or under FakeTensorMode.
 
 Does not know: vLLM's own module layout. The weights are the Hugging Face model's parameters and
-buffers (plus, on request, vLLM's rotary cos/sin caches: see below); vLLM differs by (a) transformers'
-own small rotary inv_freq buffers, (b) vocabulary padding to a multiple of 64 in
-VocabParallelEmbedding (applied here only for T > 1, so that dummy and checkpoint loads agree at T = 1),
-(c) multimodal encoders, which are built whole on every rank and stage here (their TP split is not
+buffers; vLLM differs by (a) transformers' own small rotary inv_freq buffers (kept: < 1 KiB), (b) what
+vLLM holds at load time and transformers does not: its rotary cos/sin caches and the vocabulary padding
+to a multiple of 64 (the padding is built in here only for T > 1, so that dummy and checkpoint loads agree
+at T = 1); `vllm_weight_buffers_of` computes both for a built model from the one source
+kvadvise/plan/vllm_buffers.py, and the profile adds them to what it measures, (c) multimodal encoders, which are built whole on every rank and stage here (their TP split is not
 expressible in a transformers config; vLLM's placement varies by model; keeping them errs on the side of
 a smaller KV budget), (d) quantization: a dummy build ignores `quantization_config` and holds the
 weights in the model dtype (an fp8 / int4 / mxfp4 checkpoint's weights are over-counted: load it with
 "auto", or take weights from the safetensors headers). A sharded build is shape-equivalent to a
 rank of a parallel deployment; it has no collective buffers (NCCL, custom all-reduce).
-vLLM's rotary cos/sin caches, which transformers does not keep, are added as buffers with build_model's
-vllm_rotary_caches=True, so that the weights match vLLM's "Model loading took" (off by default for now).
 """
 
 from __future__ import annotations
@@ -30,9 +29,6 @@ from kvadvise.errors import InputError
 from kvadvise.model.spec import ModelSpec
 
 LOAD_FORMATS = ("auto", "dummy")
-
-# mirrors vLLM 0.11 model_executor/layers/vocab_parallel_embedding.py DEFAULT_VOCAB_PADDING_SIZE
-VOCAB_PADDING = 64
 
 # vLLM's dummy loader fills weights uniformly in [-1e-3, 1e-3]
 # (mirrors vLLM 0.11 model_executor/model_loader/weight_utils.py initialize_dummy_weights)
@@ -146,11 +142,6 @@ def _divide(total: int, parts: int, what: str) -> int:
     return total // parts
 
 
-def _padded_vocab(vocab_size: int) -> int:
-    # mirrors vLLM 0.11 vocab_parallel_embedding.py pad_vocab_size: round up to a multiple of 64
-    return -(-vocab_size // VOCAB_PADDING) * VOCAB_PADDING
-
-
 def _shard_text(text, tp: int) -> None:
     """Divide one text config's per-rank sizes by the TP size, in place."""
     heads = getattr(text, "num_attention_heads", None)
@@ -171,8 +162,15 @@ def _shard_text(text, tp: int) -> None:
             setattr(text, key, _divide(value, tp, key.replace("_", " ")))
     vocab = getattr(text, "vocab_size", None)
     if vocab:
+        from kvadvise.plan.vllm_buffers import padded_vocab_size
+
         # mirrors vLLM 0.11 VocabParallelEmbedding: num_embeddings_per_partition = padded vocab / tp
-        text.vocab_size = _divide(_padded_vocab(vocab), tp, "the padded vocabulary")
+        text.vocab_size = _divide(padded_vocab_size(vocab), tp, "the padded vocabulary")
+        # the pad token only names a row (no memory); nn.Embedding refuses an index outside the rank's
+        # rows (gpt-oss: 199999 of 100544): vLLM's embedding has no padding_idx either
+        pad = getattr(text, "pad_token_id", None)
+        if isinstance(pad, int) and pad >= text.vocab_size:
+            text.pad_token_id = None
     # linear-attention / mamba heads (Qwen3-Next, Nemotron-H) are split by TP too
     for key in ("linear_num_key_heads", "linear_num_value_heads", "mamba_num_heads"):
         value = getattr(text, key, None)
@@ -206,6 +204,9 @@ def sharded_config_object(spec: ModelSpec, shape: ShardShape = ShardShape(), *,
     text = _text_config(config)
     if shape.tensor_parallel_size > 1:
         _shard_text(text, shape.tensor_parallel_size)
+        pad = getattr(config, "pad_token_id", None)
+        if config is not text and isinstance(pad, int) and pad >= text.vocab_size:
+            config.pad_token_id = None
         # vision encoders stay whole: their TP split is not expressible in a transformers config
     if shape.partition is not None:
         start, stop = shape.layer_range(text.num_hidden_layers)
@@ -324,26 +325,9 @@ def _fill_dummy(model) -> None:
                 parameter.uniform_(DUMMY_WEIGHT_LOW, DUMMY_WEIGHT_HIGH)
 
 
-VLLM_ROTARY_BUFFER = "vllm_rotary_cache"
-
-
-def _add_vllm_rotary_caches(model, spec: ModelSpec, torch_dtype, device) -> None:
-    """Allocate vLLM's rotary cos/sin caches (which transformers does not keep) as model buffers."""
-    import torch
-
-    from kvadvise.plan.dummy import vllm_rotary_cache_shapes
-
-    text = dict(spec.text_config) if spec.text_config else _text_config(model.config).to_dict()
-    text.setdefault("model_type", spec.model_type)
-    for index, (length, dim) in enumerate(vllm_rotary_cache_shapes(text)):
-        model.register_buffer(f"{VLLM_ROTARY_BUFFER}_{index}",
-                              torch.empty((length, dim), dtype=torch_dtype, device=device), persistent=False)
-
-
 def build_model(spec: ModelSpec, *, load_format: str = "dummy", model_path: Optional[str] = None,
                 dtype: str = "auto", device: Any = "cpu", shape: ShardShape = ShardShape(),
-                trust_remote_code: bool = False, revision: Optional[str] = None,
-                vllm_rotary_caches: bool = False):
+                trust_remote_code: bool = False, revision: Optional[str] = None):
     """Build (dummy) or load (auto) the model one rank holds, in eval mode, directly on `device`.
 
     dummy: constructed from the (sharded) config under `torch.device(device)` with initialisation
@@ -351,11 +335,7 @@ def build_model(spec: ModelSpec, *, load_format: str = "dummy", model_path: Opti
     vLLM's dummy values in place. Works with device "meta" and under FakeTensorMode.
     auto: `from_pretrained` of a local checkpoint (or the local HF cache) straight to the device; only
     for the whole model (a TP rank or PP stage is measured with dummy weights).
-    vllm_rotary_caches: also allocate the rotary cos/sin caches vLLM keeps and counts in its weights
-    (kvadvise.plan.dummy.vllm_rotary_cache_shapes; e.g. 576 MiB for gemma-3-4b, 32 MiB for Llama-3.1-8B),
-    as buffers named vllm_rotary_cache_<i>. Off by default until profile and estimate both count them
-    (estimate's header-based weights add kvadvise.plan.dummy.vllm_rotary_cache_bytes); without them the
-    weights are short of vLLM's by that much (the side that over-states "fit").
+    vLLM's rotary caches and vocabulary padding are not allocated: `vllm_weight_buffers_of` computes them.
     """
     import torch
 
@@ -378,8 +358,6 @@ def build_model(spec: ModelSpec, *, load_format: str = "dummy", model_path: Opti
         except OSError as error:
             raise InputError(f"cannot load the checkpoint {source!r}: {error}",
                              hint="give a local directory with safetensors, or use --load-format dummy") from None
-        if vllm_rotary_caches:
-            _add_vllm_rotary_caches(model, spec, torch_dtype, device)
         model.eval()
         return model
 
@@ -400,12 +378,39 @@ def build_model(spec: ModelSpec, *, load_format: str = "dummy", model_path: Opti
     # no_init_weights also skipped tying; tie as post_init would (tied embeddings are one tensor)
     model.tie_weights()
     _apply_stage(model, shape)
-    if vllm_rotary_caches:
-        _add_vllm_rotary_caches(model, spec, torch_dtype, device)
     _fill_dummy(model)
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def vllm_weight_buffers_of(model, spec: ModelSpec, shape: ShardShape = ShardShape()):
+    """vLLM's weight-time buffers that this built model (one rank) lacks: kvadvise.plan.vllm_buffers,
+    from the model's own filled text config (transformers' defaults) and its embedding / lm_head rows."""
+    from kvadvise.plan.vllm_buffers import VocabTensor, vllm_weight_buffers
+
+    text = _text_config(model.config)
+    text_dict = text.to_dict()
+    text_dict.setdefault("model_type", getattr(text, "model_type", None) or spec.model_type)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    dtype_bytes = dtype.itemsize if dtype is not None else 2
+    tp = shape.tensor_parallel_size
+    parts = locate_parts(model)
+    weights = []
+    if parts.has_embedding:
+        weights.append(getattr(getattr(parts.decoder, parts.embedding_name), "weight", None))
+    if parts.lm_head is not None:
+        weights.append(getattr(parts.lm_head, "weight", None))
+    vocab, seen = [], set()
+    whole_vocab = spec.vocab_size
+    for weight in weights:
+        if weight is None or weight.dim() != 2 or id(weight) in seen:
+            continue                       # a tied lm_head is the embedding itself: padded once
+        seen.add(id(weight))
+        rows, width = weight.shape
+        vocab.append(VocabTensor(vocab_size=whole_vocab if tp > 1 and whole_vocab else rows, rows_held=rows,
+                                 width=width))
+    return vllm_weight_buffers(text_dict, dtype_bytes=dtype_bytes, tensor_parallel_size=tp, vocab_tensors=vocab)
 
 
 def tensor_bytes(model) -> int:

@@ -125,15 +125,29 @@ class CudaDevice:
         return text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
 
     def init(self) -> None:
-        """Create the context and a cuBLAS handle (a tiny matmul), as vLLM's worker has before its snapshot."""
+        """Select the device and create its context, as vLLM's worker has before its start-up snapshot.
+
+        No matmul: vLLM 0.10.2-0.11 gpu_worker.py init_device takes its snapshot after set_device, the dtype
+        check, gc.collect() and empty_cache() (NCCL is initialised after it in 0.11, before it later); its
+        first matmul is in the profile run, so torch's cuBLAS workspace (allocated through the caching
+        allocator at the first matmul) is in vLLM's activation peak and the handle's own driver memory in
+        its non-torch growth. Creating a cuBLAS handle here would move both into the baseline.
+        """
         import torch
 
         torch.cuda.set_device(self.index)
         torch.cuda.init()
-        a = torch.ones((8, 8), device=self.torch_device, dtype=torch.float16)
-        (a @ a).sum().item()
-        del a
+        torch.cuda.mem_get_info(self.index)      # the runtime creates the primary context on this call
         torch.cuda.synchronize(self.index)
+
+    def release_workspaces(self) -> None:
+        """Return torch's cuBLAS workspaces to the allocator (they outlive every tensor otherwise), so that a
+        second profile in the same process starts as the first did: its first matmul allocates them again."""
+        import torch
+
+        clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)   # what torch.cuda.graphs calls
+        if clear is not None:
+            clear()
 
     def mem_get_info(self) -> tuple[int, int]:
         import torch

@@ -3,12 +3,17 @@
 Mirrors vLLM 0.10.2 v1/worker/gpu_worker.py (init_device, determine_available_memory,
 compile_or_warm_up_model) and utils/__init__.py (MemorySnapshot, memory_profiling):
 1. baseline: initialise the device (context + cuBLAS handle), then snapshot free/total/reserved/allocated;
-2. load: weights = allocated-bytes growth across building the model;
+2. load: weights = allocated-bytes growth across building the model (the HF model's tensors) + vLLM's
+   weight-time buffers that the HF model lacks (rotary cos/sin caches, vocabulary padding), computed from
+   the config by kvadvise/plan/vllm_buffers.py, the same source `estimate` uses; reported as a sub-line;
 3. profile run: empty the cache, reset the peak, snapshot; one dummy max-batch forward + sampler; empty the
-   cache, snapshot; activation peak = peak allocated during the run - allocated before it;
-4. non-torch = growth of (total - free) - reserved from the baseline to after the run;
+   cache, snapshot; activation peak = peak allocated during the run - allocated before it (on the host,
+   with the target card's cuBLAS workspace, which vLLM's first matmul allocates inside its profile run);
+4. non-torch = growth of (total - free) - reserved from the baseline to after the run; on the host, where
+   it cannot be measured, estimate's default for the target card's family (kvadvise/estimate/graphs.py);
 5. CUDA graphs (not with enforce_eager): free-memory drop across capturing the decode step for every
-   capture size, largest first into one shared pool, minus the static buffers the capture needed;
+   capture size, largest first into one shared pool, minus the static buffers the capture needed; on the
+   host, estimate's figure (the same decode step traced, + a per-size figure: estimate/graphs.py);
 6. advice: vLLM's suggestion line (plan/advice.py) and the KV capacity each value buys (plan/kv.py).
 Device memory is released on every exit path. Knows nothing about text: report/budget.py renders.
 """
@@ -66,6 +71,8 @@ class TargetDevice:
     total_bytes: int
     free_bytes_at_start: int
     source: str                                # "catalog", "gpu-memory option", "host memory"
+    family: Optional[str] = None               # catalog family (kvadvise/gpus.py): non-torch and cuBLAS defaults
+    catalog_key: Optional[str] = None
 
 
 class Workload(Protocol):
@@ -85,6 +92,9 @@ class Workload(Protocol):
 
     def eager_decode_peak(self, device: Device, size: int) -> int:
         """Peak allocated-bytes increase of one eager decode step of `size` sequences (graph fallback)."""
+
+    # optional: vllm_weight_buffers() -> kvadvise.plan.vllm_buffers.VllmWeightBuffers (after load), and
+    # estimate_cuda_graphs(sizes) -> kvadvise.estimate.graphs.GraphEstimate (hosts without CUDA graphs)
 
     def release(self) -> None:
         """Drop the model and everything the workload holds on the device."""
@@ -115,6 +125,7 @@ class Measurements:
     activation_peak_method: str = "measured"
     non_torch_method: str = "measured"
     cuda_graph_method: str = "measured"
+    weight_buffers: Any = None           # kvadvise.plan.vllm_buffers.VllmWeightBuffers, part of weights_bytes
 
     def complete(self) -> bool:
         return None not in (self.weights_bytes, self.activation_peak_bytes, self.non_torch_bytes,
@@ -157,6 +168,7 @@ class ProfileResult:
     phases: tuple[PhaseRecord, ...]
     shape_note: Optional[str]          # set when a TP/PP rank was measured shape-equivalently
     does_not_fit: Optional[InputError] = None
+    weight_buffers: Any = None         # the vLLM-only part of memory.weights_bytes (computed, not measured)
 
 
 # ------------------------------------------------------------------ helpers -------------------------------
@@ -262,12 +274,16 @@ def run_profile(settings: ProfileSettings, spec: Any, device: Device, workload: 
         tensor_bytes = workload.load()
         after_load = take_snapshot(device)
         if device.measures_driver_memory or tensor_bytes is None:
-            weights = after_load.allocated_bytes - before_load.allocated_bytes
+            measured = after_load.allocated_bytes - before_load.allocated_bytes
         else:
-            weights = tensor_bytes   # host: the loaded tensors' own bytes (no caching allocator to read)
-        state.measurements = replace(state.measurements, weights_bytes=weights)
-        state.phases.append(PhaseRecord("load", before_load, after_load, weights,
-                                        {"tensor_bytes": tensor_bytes}))
+            measured = tensor_bytes   # host: the loaded tensors' own bytes (no caching allocator to read)
+        buffers_of = getattr(workload, "vllm_weight_buffers", None)
+        buffers = buffers_of() if buffers_of is not None else None
+        extra = buffers.total_bytes if buffers is not None else 0
+        state.measurements = replace(state.measurements, weights_bytes=measured + extra, weight_buffers=buffers)
+        state.phases.append(PhaseRecord("load", before_load, after_load, measured + extra,
+                                        {"tensor_bytes": tensor_bytes, "measured_bytes": measured,
+                                         "vllm_buffers_bytes": extra}))
         progress(phase, "done")
 
         # ---- 3. profile run: mirrors vLLM 0.10.2 utils/__init__.py memory_profiling
@@ -295,10 +311,7 @@ def run_profile(settings: ProfileSettings, spec: Any, device: Device, workload: 
                 state.warnings.append(f"non-torch memory shrank by {-non_torch} bytes since the start-up "
                                       "snapshot (another process freed memory?); counted as measured, as vLLM does")
         else:
-            state.measurements = replace(state.measurements, non_torch_bytes=0, non_torch_method="not_applicable")
-            state.warnings.append("non-torch memory (CUDA context growth, cuBLAS workspaces, NCCL) cannot be "
-                                  "measured on the host and is counted as 0: on the card vLLM measures it too, "
-                                  "typically 0.05-1.5 GiB, so the real values are lower by that much")
+            _host_non_torch(settings, target, state)
         progress(phase, "done")
 
         # ---- 5. CUDA graphs
@@ -310,19 +323,9 @@ def run_profile(settings: ProfileSettings, spec: Any, device: Device, workload: 
             state.phases.append(PhaseRecord("cuda_graphs", detail={"skipped": "enforce_eager"}))
             skipped = "--enforce-eager"
         elif not device.supports_cuda_graphs:
-            state.measurements = replace(state.measurements, cuda_graph_bytes=0, cuda_graph_method="not_applicable")
-            state.phases.append(PhaseRecord("cuda_graphs", detail={"skipped": "not on a CUDA device"}))
-            skipped = "not applicable on the host"
-            state.warnings.append("CUDA graphs are not applicable on the host and are counted as 0: unless vLLM "
-                                  "runs with --enforce-eager, its suggestion line also subtracts the graph "
-                                  "memory it captures (typically 0.2-3 GiB), so its values will be lower by that")
+            _host_graphs(workload, _capture_sizes(settings, graph_sizes, seqs, tokens), state)
         else:
-            if settings.cuda_graph_sizes and len(settings.cuda_graph_sizes) > 1:
-                sizes = list(settings.cuda_graph_sizes)        # an explicit list, as vLLM takes it
-            else:
-                sizes = list((graph_sizes or _vllm_graph_sizes(settings))(seqs, tokens))
-            sizes = sorted({s for s in sizes if s <= tokens}, reverse=True)
-            _measure_graphs(device, workload, sizes, state)
+            _measure_graphs(device, workload, _capture_sizes(settings, graph_sizes, seqs, tokens), state)
         progress(phase, "done" if skipped is None else f"skipped: {skipped}")
     except Exception as error:
         if isinstance(error, OutOfDeviceMemory) or device.is_out_of_memory(error):
@@ -338,6 +341,52 @@ def run_profile(settings: ProfileSettings, spec: Any, device: Device, workload: 
         _release(device, workload)
 
     return _advise(settings, spec, state, target)
+
+
+def _capture_sizes(settings: ProfileSettings, graph_sizes: Optional[Callable[[int, int], Sequence[int]]],
+                   seqs: int, tokens: int) -> list[int]:
+    if settings.cuda_graph_sizes and len(settings.cuda_graph_sizes) > 1:
+        sizes = list(settings.cuda_graph_sizes)        # an explicit list, as vLLM takes it
+    else:
+        sizes = list((graph_sizes or _vllm_graph_sizes(settings))(seqs, tokens))
+    return sorted({s for s in sizes if s <= tokens}, reverse=True)
+
+
+def _host_non_torch(settings: ProfileSettings, target: Optional[TargetDevice], state: _State) -> None:
+    """Non-torch memory cannot be measured on the host: estimate's default for the target card (one code path
+    with `kvadvise estimate`), so that "fit" is not above vLLM's by that term."""
+    from kvadvise.estimate.graphs import default_non_torch
+
+    family = target.family if target is not None else None
+    key = target.catalog_key if target is not None else None
+    default = default_non_torch(family, key, settings.tensor_parallel_size)
+    state.measurements = replace(state.measurements, non_torch_bytes=default.bytes, non_torch_method="estimated")
+    state.warnings.append(f"non-torch memory (CUDA context growth, cuBLAS handles, NCCL) cannot be measured on the "
+                          f"host: ESTIMATED as {default.bytes} bytes ({default.bytes / GIB:.2f} GiB), the {default.source}, "
+                          "as `kvadvise estimate` does; the card's own figure typically lies in 0.05-1.5 GiB")
+
+
+def _host_graphs(workload: Workload, sizes: list[int], state: _State) -> None:
+    """CUDA graphs cannot be captured on the host: estimate's figure (the largest decode step traced on the
+    host's model + a per-size figure, kvadvise/estimate/graphs.py), marked estimated."""
+    from kvadvise.estimate.graphs import GRAPH_BYTES_PER_SIZE, GRAPH_ESTIMATE_WARNING, graph_detail
+
+    estimate_of = getattr(workload, "estimate_cuda_graphs", None)
+    if not sizes:
+        state.measurements = replace(state.measurements, cuda_graph_bytes=0, cuda_graph_method="estimated")
+        state.phases.append(PhaseRecord("cuda_graphs", detail={"sizes": []}))
+        return
+    if estimate_of is not None:
+        graphs = estimate_of(sizes)
+        detail = dict(graph_detail(graphs), sizes=sizes)
+        graph_bytes = graphs.cuda_graph_bytes
+    else:   # a workload that cannot run the decode step: the per-size figure alone
+        graph_bytes = GRAPH_BYTES_PER_SIZE * len(sizes)
+        detail = {"method": "per-size figure only", "sizes": sizes}
+    state.measurements = replace(state.measurements, cuda_graph_bytes=graph_bytes, cuda_graph_method="estimated")
+    state.phases.append(PhaseRecord("cuda_graphs", result_bytes=graph_bytes, detail=detail))
+    state.warnings.append("CUDA graphs cannot be captured on the host: " + GRAPH_ESTIMATE_WARNING
+                          + " (or add --enforce-eager if vLLM will run without graphs)")
 
 
 def _phase_words(phase: str) -> str:
@@ -362,6 +411,9 @@ def _release(device: Device, workload: Workload) -> None:
         workload.release()
     finally:
         try:
+            release_workspaces = getattr(device, "release_workspaces", None)
+            if release_workspaces is not None:
+                release_workspaces()
             device.empty_cache()
         finally:
             close = getattr(device, "close", None)
@@ -499,7 +551,7 @@ def _advise(settings: ProfileSettings, spec: Any, state: _State, target: Optiona
                           settings=resolved, warnings=tuple(state.warnings))
     error = None if advice.fits else does_not_fit_error(report, settings)
     return ProfileResult(report=report, layout=layout, phases=tuple(state.phases), shape_note=note,
-                         does_not_fit=error)
+                         does_not_fit=error, weight_buffers=state.measurements.weight_buffers)
 
 
 def kv_layout_for(settings: ProfileSettings, spec: Any, max_num_batched_tokens: int) -> Any:
@@ -553,11 +605,12 @@ class TorchWorkload:
     and the decode step that CUDA graphs capture. torch is imported inside the methods."""
 
     def __init__(self, spec: Any, settings: ProfileSettings, device: Device, *,
-                 model_path: Optional[str] = None) -> None:
+                 model_path: Optional[str] = None, target_family: Optional[str] = None) -> None:
         self.spec = spec
         self.settings = settings
         self.device = device
         self.model_path = model_path
+        self.target_family = target_family     # the card the host run stands for (cuBLAS workspace)
         self.model: Any = None
         self._static: list[Any] = []
         self._plan: Any = None
@@ -580,6 +633,33 @@ class TorchWorkload:
                                  trust_remote_code=self.settings.trust_remote_code,
                                  revision=self.settings.revision)
         return tensor_bytes(self.model)
+
+    def vllm_weight_buffers(self) -> Any:
+        """vLLM's weight-time buffers this HF model lacks (kvadvise.plan.vllm_buffers, via build.py)."""
+        from kvadvise.profile.build import vllm_weight_buffers_of
+
+        buffers = vllm_weight_buffers_of(self.model, self.spec, self._shape())
+        self.warnings.extend(buffers.notes)
+        return buffers
+
+    def cublas_workspace_bytes(self) -> int:
+        """On the host: the target card's cuBLAS workspace, which a CUDA process allocates at its first matmul
+        (inside vLLM's profile run, so in its activation peak). On CUDA: 0, the device allocates its own."""
+        if self.device.kind == "cuda":
+            return 0
+        from kvadvise.plan.dummy import cublas_workspace_bytes_for_family
+
+        size, known = cublas_workspace_bytes_for_family(self.target_family)
+        if not known:
+            self.warnings.append(f"the target card's cuBLAS workspace is not known: {size} bytes (the largest, "
+                                 "Hopper/Blackwell figure) counted in the activation peak")
+        return size
+
+    def estimate_cuda_graphs(self, sizes: Sequence[int]) -> Any:
+        """The graph pool as `kvadvise estimate` figures it, traced on this host model (estimate/graphs.py)."""
+        from kvadvise.estimate.graphs import estimate_graphs
+
+        return estimate_graphs(self.model, self.spec, sizes, shape=self._shape())
 
     def _check_host_memory(self) -> None:
         """CPU mode runs the model for real: refuse before the host runs out (the weights, sized on "meta")."""
@@ -624,8 +704,14 @@ class TorchWorkload:
                                  f"{self.settings.vllm_version}'s own sampler is not mirrored, so its activation "
                                  "peak may differ by the sampler's share (float32 logits, sort, masks)")
         dummy_run(self.model, self.spec, plan, device=self.device.torch_device, run_sampler=run_sampler,
-                  sampler_version=self.settings.vllm_version, shape=shape, inputs=self._inputs)
+                  sampler_version=self.settings.vllm_version, shape=shape, inputs=self._inputs,
+                  cublas_workspace_bytes=self.cublas_workspace_bytes())
         self._inputs = None
+        from kvadvise.plan.fidelity import image_model_warning
+        from kvadvise.profile.runner import multimodal_encoder_items
+
+        if shape.is_first_stage and multimodal_encoder_items(self.model, num_tokens) is not None:
+            self.warnings.append(image_model_warning())
 
     def prepare_graph_capture(self, sizes: Sequence[int]) -> tuple[StepFactory, int]:
         """Static inputs for the largest size (vLLM's persistent buffers) and the decode-step factory

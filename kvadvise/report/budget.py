@@ -41,15 +41,21 @@ def device_block(device: Any, *, kind: Optional[str] = None) -> Optional[dict[st
     }
 
 
-def memory_block(memory: Any) -> dict[str, Any]:
+def memory_block(memory: Any, weight_buffers: Any = None) -> dict[str, Any]:
     """The four terms and their methods; `memory` is a NonKvMemory or anything with the same attributes
-    (None values allowed: a partial profile)."""
+    (None values allowed: a partial profile). weight_buffers (kvadvise.plan.vllm_buffers.VllmWeightBuffers,
+    else `memory.weight_buffers` when it has one): the part of weights_bytes that is vLLM's own buffers,
+    shown as a sub-line; null when not known (a run stopped before loading)."""
     block: dict[str, Any] = {}
     for term, _ in TERMS:
         block[f"{term}_bytes"] = getattr(memory, f"{term}_bytes")
         block[f"{term}_method"] = getattr(memory, f"{term}_method")
     values = [block[f"{term}_bytes"] for term, _ in TERMS]
     block["non_kv_bytes"] = None if None in values else sum(values)
+    buffers = weight_buffers if weight_buffers is not None else getattr(memory, "weight_buffers", None)
+    block["weights_vllm_buffers_bytes"] = None if buffers is None else buffers.total_bytes
+    block["weights_vllm_buffers_method"] = None if buffers is None else buffers.method
+    block["weights_vllm_buffers"] = None if buffers is None else buffers.detail()
     return block
 
 
@@ -87,7 +93,8 @@ def phases_block(phases: Any) -> list[dict[str, Any]]:
 
 
 def budget_document(report: Any, *, layout: Any, inputs: Optional[dict[str, Any]] = None,
-                    extra: Optional[dict[str, Any]] = None, status: Optional[str] = None) -> dict[str, Any]:
+                    extra: Optional[dict[str, Any]] = None, status: Optional[str] = None,
+                    weight_buffers: Any = None) -> dict[str, Any]:
     """The JSON document of a BudgetReport (profile and estimate): device, settings, memory, advice, kv_cache.
 
     `extra` adds command-specific blocks (profile: `measurement`); `status` defaults to "ok", or
@@ -103,7 +110,7 @@ def budget_document(report: Any, *, layout: Any, inputs: Optional[dict[str, Any]
         "settings": {"max_num_batched_tokens": report.max_num_batched_tokens,
                      "max_num_seqs": report.max_num_seqs,
                      "gpu_memory_utilization": utilization, **settings},
-        "memory": memory_block(report.memory),
+        "memory": memory_block(report.memory, weight_buffers),
         "advice": {
             "vllm_version": advice.vllm_version,
             "requested_bytes": advice.requested_bytes,
@@ -202,6 +209,11 @@ def render_budget(document: dict[str, Any], console: Any) -> None:
     for term, label in TERMS:
         table.add_row(Text(_GLYPHS[term] + " ", style=_COLORS[term]) + Text(label), gib(memory[f"{term}_bytes"]),
                       bytes_text(memory[f"{term}_bytes"]), memory[f"{term}_method"].replace("_", " "))
+        if term == "weights" and memory.get("weights_vllm_buffers_bytes") is not None:
+            parts = ", ".join(memory.get("weights_vllm_buffers") or {}) or "none for this model"
+            table.add_row(Text(f"    incl. vLLM-only buffers ({parts})", style="dim"),
+                          gib(memory["weights_vllm_buffers_bytes"]), bytes_text(memory["weights_vllm_buffers_bytes"]),
+                          memory["weights_vllm_buffers_method"])
     table.add_row(Text("  non-KV total", style="bold"), gib(memory["non_kv_bytes"]), bytes_text(memory["non_kv_bytes"]),
                   "")
     if advice is not None:

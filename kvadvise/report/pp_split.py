@@ -46,6 +46,7 @@ def pp_split_json(plan: PpPlan, non_kv_way: str) -> dict[str, Any]:
             "idle_bytes_uniform": stage.idle_bytes_uniform,
             "fits_uniform": stage.fits_uniform,
             "proportional_kv_cache_memory_bytes": stage.proportional_kv_cache_memory_bytes,
+            "layer_weights_bytes": stage.layer_weights_bytes,
             "methods": dict(stage.methods),
         })
     suggestion = plan.suggestion
@@ -58,6 +59,7 @@ def pp_split_json(plan: PpPlan, non_kv_way: str) -> dict[str, Any]:
         "stages_shrink_to_minimum": plan.shrink,
         "mode": plan.mode,
         "non_kv_method": non_kv_way,
+        "moved_layer_weights": {"method": plan.layer_weights_method, "source": plan.layer_weights_source},
         "max_model_len": plan.max_model_len,
         "stages": stages,
         "uniform": {**_capacity(plan.uniform), "given": plan.uniform_given, "idle_kind": plan.idle_kind,
@@ -142,6 +144,9 @@ def pp_split_renderer(document: dict[str, Any]) -> Callable[[Any], None]:
         if suggestion is not None and not suggestion["already_optimal"]:
             console.print("Suggested:", style="bold")
             console.print(suggestion["command"], markup=False, soft_wrap=True)
+        moved = document["moved_layer_weights"]
+        if suggestion is not None and moved["source"]:
+            console.print(f"Weights of moved layers: {moved['method']}, from {moved['source']}.")
         for warning in document["warnings"]:
             console.print(f"warning: {warning}", markup=False, style="yellow")
 
