@@ -80,3 +80,24 @@ def test_serve_command():
                               tensor_parallel_size=2, max_model_len=8192)
     assert line == ("vllm serve meta-llama/Llama-3.1-8B --tensor-parallel-size 2 --max-model-len 8192 "
                     "--gpu-memory-utilization 0.90 --kv-cache-memory-bytes 123456")
+
+
+def test_fit_never_exceeds_what_is_free():
+    # 60 GiB free on an 80 GiB card at util 0.9: vLLM's formula gives fit 72 GiB - non-KV, more than is free
+    memory = NonKvMemory(weights_bytes=16 * GIB, activation_peak_bytes=GIB, non_torch_bytes=0, cuda_graph_bytes=0)
+    device = DeviceBudget(total_bytes=80 * GIB, free_bytes_at_start=60 * GIB, gpu_memory_utilization=0.9)
+    advice = advise(memory, device, "0.11")
+    assert advice.vllm_fit_kv_cache_memory_bytes == int(80 * GIB * 0.9) - 17 * GIB - REDUNDANCY_BUFFER_BYTES
+    assert advice.full_kv_cache_memory_bytes == 43 * GIB - REDUNDANCY_BUFFER_BYTES
+    assert advice.fit_kv_cache_memory_bytes == advice.full_kv_cache_memory_bytes
+    assert advice.capped_by_free_memory
+    assert advice.gate_gpu_memory_utilization == 0.75   # 80 * 0.75 = 60: exactly what is free
+
+
+def test_gate_compares_the_exact_product():
+    # free is one byte short of total * 0.5: 0.5 fails, 0.49 passes, whatever the rounding rule
+    total = 2 * 10**9 + 2
+    free = total // 2 - 1
+    for version in ("0.11", "0.33"):
+        assert gate_utilization(total, free, version) == 0.49
+    assert gate_utilization(total, total // 2, "0.11") == 0.5

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +31,7 @@ def test_validator_finds_problems():
 
 
 def test_write_json_atomic(tmp_path):
-    target = tmp_path / "sub" / "report.json"
+    target = tmp_path / "report.json"
     write_json_atomic(target, {"a": 1})
     assert json.loads(target.read_text()) == {"a": 1}
     assert os.listdir(target.parent) == ["report.json"]
@@ -43,3 +44,24 @@ def test_write_json_atomic_leaves_old_file_on_failure(tmp_path):
         write_json_atomic(target, {"a": float("nan")})  # allow_nan=False: refused before the rename
     assert json.loads(target.read_text()) == {"a": 1}
     assert os.listdir(tmp_path) == ["report.json"]
+
+
+def test_write_json_atomic_does_not_invent_folders(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        write_json_atomic(tmp_path / "typo" / "report.json", {"a": 1})
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["missing-folder/report.json", "."])
+def test_unwritable_output_is_bad_input(tmp_path, where):
+    from typer.testing import CliRunner
+
+    from kvadvise.cli import app
+
+    config = Path(__file__).parent / "data" / "configs" / "meta-llama__Llama-3.1-8B.json"
+    target = tmp_path / where
+    result = CliRunner().invoke(app, ["capacity", str(config), "--kv-cache-memory-bytes", "40GiB",
+                                      "--output", str(target)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: --output {target}: cannot write the report")
+    assert "Traceback" not in result.output

@@ -118,7 +118,14 @@ def execute(body: Callable[[], Outcome], *, json_mode: bool = False, output: Opt
         outcome = body()
         failures = gate_failures(outcome, min_tokens, min_concurrency)
         if output is not None:
-            write_json_atomic(output, outcome.document)
+            try:
+                write_json_atomic(output, outcome.document)
+            except OSError as error:
+                from kvadvise.errors import InputError
+
+                reason = error.strerror or type(error).__name__
+                raise InputError(f"--output {output}: cannot write the report: {reason}",
+                                 hint="name a file in an existing, writable folder") from error
         if json_mode:
             sys.stdout.write(dumps(outcome.document))
             sys.stdout.flush()

@@ -67,14 +67,21 @@ class Advice:
     requested_bytes: int
     non_kv_bytes: int
     redundancy_buffer_bytes: int
-    fit_kv_cache_memory_bytes: int
+    fit_kv_cache_memory_bytes: int     # vLLM's "fit" value, never above "full" (see capped_by_free_memory)
     full_kv_cache_memory_bytes: int
     gate_gpu_memory_utilization: Optional[float]  # largest 2-decimal utilization passing the free-memory gate
     vllm_version: str
+    vllm_fit_kv_cache_memory_bytes: Optional[int] = None  # the formula's value as vLLM would print it
 
     @property
     def fits(self) -> bool:
         return self.fit_kv_cache_memory_bytes > 0
+
+    @property
+    def capped_by_free_memory(self) -> bool:
+        """True when less memory is free than the utilization requests: "fit" is then "full"."""
+        return (self.vllm_fit_kv_cache_memory_bytes is not None
+                and self.vllm_fit_kv_cache_memory_bytes > self.fit_kv_cache_memory_bytes)
 
 
 def gate_utilization(total_bytes: int, free_bytes_at_start: int, vllm_version: str) -> Optional[float]:
@@ -83,15 +90,21 @@ def gate_utilization(total_bytes: int, free_bytes_at_start: int, vllm_version: s
     The gate still runs when --kv-cache-memory-bytes is given (vLLM 0.10.2 gpu_worker.py init_device:
     raises when init_snapshot.free_memory < requested_memory). None when even 0.01 fails.
     """
+    # vLLM fails when free < total * util (a float in 0.10.2-0.12, its ceil later); for an integer `free`
+    # both tests pass exactly when total * util <= free, checked here in integers: total * h <= free * 100.
     for hundredths in range(100, 0, -1):
-        utilization = hundredths / 100
-        if requested_memory_bytes(total_bytes, utilization, vllm_version) <= free_bytes_at_start:
-            return utilization
+        if total_bytes * hundredths <= free_bytes_at_start * 100:
+            return hundredths / 100
     return None
 
 
 def advise(memory: NonKvMemory, device: DeviceBudget, vllm_version: str) -> Advice:
-    """vLLM's suggestion line, to the byte."""
+    """vLLM's suggestion line, to the byte.
+
+    When less memory is free at start than the utilization requests, vLLM would refuse to start at that
+    utilization, and its "fit" value would not fit in what is free: "fit" is then capped at "full" (the
+    formula's own value stays in `vllm_fit_kv_cache_memory_bytes`).
+    """
     requested = requested_memory_bytes(device.total_bytes, device.gpu_memory_utilization, vllm_version)
     non_kv = memory.total_bytes
     # mirrors vLLM 0.10.2 v1/worker/gpu_worker.py: kv_cache_memory_bytes_to_requested_limit / _to_gpu_limit
@@ -101,7 +114,8 @@ def advise(memory: NonKvMemory, device: DeviceBudget, vllm_version: str) -> Advi
         requested_bytes=requested,
         non_kv_bytes=non_kv,
         redundancy_buffer_bytes=REDUNDANCY_BUFFER_BYTES,
-        fit_kv_cache_memory_bytes=fit,
+        fit_kv_cache_memory_bytes=min(fit, full),
+        vllm_fit_kv_cache_memory_bytes=fit,
         full_kv_cache_memory_bytes=full,
         gate_gpu_memory_utilization=gate_utilization(device.total_bytes, device.free_bytes_at_start, vllm_version),
         vllm_version=vllm_version,

@@ -39,7 +39,6 @@ def write_json_atomic(path: str | os.PathLike[str], document: dict[str, Any]) ->
     """Write to a temp file in the same folder, then rename, so a reader never sees half a report."""
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
