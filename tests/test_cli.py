@@ -73,3 +73,18 @@ def test_usage_errors_are_one_line_and_exit_2(argv, message):
     assert lines[0].startswith(message)
     assert lines[1].startswith("hint: see 'kvadvise")
     assert "Traceback" not in result.output
+
+
+def test_human_mode_warnings_go_to_stderr():
+    from pathlib import Path
+
+    # gemma-3's sliding-window layers make kvadvise assume vLLM's default --max-num-batched-tokens: a warning
+    config = Path(__file__).parent / "data" / "configs" / "google__gemma-3-4b-it.json"
+    human = runner.invoke(app, ["capacity", str(config), "--kv-cache-memory-bytes", "8GiB"])
+    as_json = runner.invoke(app, ["capacity", str(config), "--kv-cache-memory-bytes", "8GiB", "--json"])
+    assert human.exit_code == as_json.exit_code == 0, human.output
+    warnings = json.loads(as_json.stdout)["warnings"]
+    assert warnings
+    for warning in warnings:
+        assert f"warning: {warning}" in human.stderr
+        assert warning not in human.stdout

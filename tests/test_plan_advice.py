@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from kvadvise.plan.advice import (REDUNDANCY_BUFFER_BYTES, DeviceBudget, NonKvMemory, advise,
-                                  gate_utilization, requested_memory_bytes, vllm_serve_command)
+                                  gate_utilization, requested_memory_bytes, served_model_name,
+                                  vllm_serve_command)
 
 GIB = 1 << 30
 HALF_CENT = GIB // 200  # vLLM prints GiB rounded to 2 decimals: each figure is known to +-0.005 GiB
@@ -101,3 +102,16 @@ def test_gate_compares_the_exact_product():
     for version in ("0.11", "0.33"):
         assert gate_utilization(total, free, version) == 0.49
     assert gate_utilization(total, total // 2, "0.11") == 0.5
+
+
+@pytest.mark.parametrize("model_id, raw, expected", [
+    ("meta-llama/Llama-3.1-8B", {}, "meta-llama/Llama-3.1-8B"),
+    ("/models/llama-8b", {}, "/models/llama-8b"),
+    ("configs/llama.json", {"_name_or_path": "meta-llama/Llama-2-7b-hf"}, "meta-llama/Llama-2-7b-hf"),
+    ("configs/llama.json", {"_name_or_path": "/opt/ckpts/llama"}, "MODEL"),
+    ("configs/llama.json", {}, "MODEL"),
+])
+def test_served_model_name(model_id, raw, expected):
+    name, warning = served_model_name(model_id, raw)
+    assert name == expected
+    assert (warning is None) == (model_id == expected)

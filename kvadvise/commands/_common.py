@@ -129,10 +129,13 @@ def execute(body: Callable[[], Outcome], *, json_mode: bool = False, output: Opt
         if json_mode:
             sys.stdout.write(dumps(outcome.document))
             sys.stdout.flush()
-            for warning in outcome.document.get("warnings", []):
-                sys.stderr.write(f"warning: {warning}\n")
         else:
             outcome.render(stdout_console())
+            sys.stdout.flush()
+        # Warnings are for people, on stderr in both modes (renderers never print them).
+        for warning in outcome.document.get("warnings", []):
+            sys.stderr.write(f"warning: {' '.join(str(warning).split())}\n")
+        sys.stderr.flush()
         if outcome.error is not None:
             raise outcome.error
         if failures:

@@ -99,7 +99,7 @@ def capacity(
                 hint=(f"--max-model-len {result.largest_fitting_model_len} is the longest that fits, or give "
                       if result.largest_fitting_model_len else "not even one token fits; give ")
                 + f"--kv-cache-memory-bytes {budget_for_model_len(layout)} for one full-length request")
-        return Outcome(document=document, render=capacity_renderer(document, layout, result, warnings),
+        return Outcome(document=document, render=capacity_renderer(document, layout, result),
                        tokens=result.tokens, concurrency=result.max_concurrency, error=error)
 
     execute(body, json_mode=json_mode, output=output, min_tokens=min_tokens, min_concurrency=min_concurrency)

@@ -154,6 +154,22 @@ def vllm_serve_command(model_id: str, kv_cache_memory_bytes: int, *,
     return " ".join(parts)
 
 
+def served_model_name(model_id: str, raw_config: Optional[dict] = None) -> tuple[str, Optional[str]]:
+    """What to put after `vllm serve`, and a warning when it is not what the user named.
+
+    A hub id or a checkpoint directory stays as given. A config FILE is not something vLLM can serve: its
+    `_name_or_path` is used when that looks like a hub id (org/name), else the placeholder MODEL.
+    """
+    if not model_id.lower().endswith(".json"):
+        return model_id, None
+    name = str((raw_config or {}).get("_name_or_path") or "")
+    parts = name.split("/")
+    if len(parts) == 2 and all(parts) and not name.startswith((".", "~")):
+        return name, f"the config file {model_id} names {name}: the vllm serve line uses that hub id"
+    return "MODEL", (f"{model_id} is a config file, which vLLM cannot serve: replace MODEL in the vllm serve "
+                     "line with the model's hub id or checkpoint directory")
+
+
 def _shell_quote(text: str) -> str:
     import shlex
 

@@ -7,7 +7,6 @@ Knows how to show a KvLayout and a KvCapacity; computes nothing itself.
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable
 
 from kvadvise.plan.kv import KvCapacity, KvLayout
@@ -109,9 +108,8 @@ def kv_cache_table(layout: KvLayout, capacity: KvCapacity, *, title: str = "What
     return table
 
 
-def capacity_renderer(document: dict[str, Any], layout: KvLayout, capacity: KvCapacity,
-                      warnings: list[str]) -> Callable[[Any], None]:
-    """The human rendering of `kvadvise capacity`: tables on stdout, warnings on stderr."""
+def capacity_renderer(document: dict[str, Any], layout: KvLayout, capacity: KvCapacity) -> Callable[[Any], None]:
+    """The human rendering of `kvadvise capacity`: tables on stdout (commands/_common prints the warnings)."""
 
     def render(console: Any) -> None:
         from rich.markup import escape
@@ -125,8 +123,6 @@ def capacity_renderer(document: dict[str, Any], layout: KvLayout, capacity: KvCa
         for note in layout.notes:
             console.print(f"note: {note}", style="dim", markup=False)
         console.print(layout.rules, style="dim", markup=False)
-        for warning in warnings:
-            sys.stderr.write(f"warning: {warning}\n")
 
     return render
 

@@ -315,8 +315,6 @@ def render_table(result: CheckResult):
         for line in (_engine_line(result), _kv_line(result), _advice_line(result)):
             if line:
                 console.print(line, markup=False)
-        for note in result.notes:
-            console.print(f"note: {note}", markup=False, style="dim")
         if result.findings:
             console.print("[bold]findings[/bold]")
             for finding in result.findings:
