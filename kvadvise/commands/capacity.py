@@ -76,7 +76,7 @@ def capacity(
         spec = load_model_spec(model)
         layout = kv_layout(spec, settings)
         result = kv_capacity(layout, budget)
-        warnings = list(layout.assumptions)
+        warnings = list(spec.notes) + list(layout.assumptions)
         inputs = {
             "model": model,
             "kv_cache_memory_bytes": budget,
