@@ -51,8 +51,15 @@ def _mib(mebibytes: int) -> int:
 
 
 def _from_vllm_log_gib(gib_two_decimals: str) -> int:
-    """Bytes for a "total_gpu_memory (X GiB)" log figure: nearest whole MiB, which prints back as X."""
-    return round(float(gib_two_decimals) * 1024) * MIB
+    """Bytes for a "total_gpu_memory (X GiB)" log figure: the smallest whole MiB that prints back as X.
+
+    The low end of the log's rounding interval: a card assumed smaller than it is can only make "fit"
+    smaller, never larger than what vLLM can hold.
+    """
+    hundredths = round(float(gib_two_decimals) * 100)
+    # X GiB printed with 2 decimals covers [X - 0.005, X + 0.005) GiB; in MiB: [(100X - 0.5) * 1024 / 100, ...)
+    low_mib = -(-((2 * hundredths - 1) * 1024) // 200)  # ceil((hundredths - 0.5) * 1024 / 100)
+    return low_mib * MIB
 
 
 CATALOG: tuple[GpuSpec, ...] = (
@@ -78,16 +85,16 @@ CATALOG: tuple[GpuSpec, ...] = (
             "torch: 'cuda:0: name=NVIDIA A100 80GB PCIe total_memory=85093777408' (public env dump); "
             "= 79.25 GiB, as a vLLM log shows (shared/vllm-cases case02)",
             aliases=("A100-PCIe-80GB", "A100-80GB-PCIE")),
-    GpuSpec("H100-80GB-SXM", "NVIDIA H100 80GB HBM3", _from_vllm_log_gib("79.22"), "hopper", "nvidia",
-            "vLLM log 'total_gpu_memory (79.22GiB)' on an H100-80G (vllm-project/vllm#12126, "
-            "shared/vllm-cases case12); torch on other drivers printed 81089-81090MB (79.19 GiB)",
+    GpuSpec("H100-80GB-SXM", "NVIDIA H100 80GB HBM3", _mib(81089), "hopper", "nvidia",
+            "torch total_memory 81089-81090MB (79.19 GiB) on some drivers; vLLM logged 'total_gpu_memory "
+            "(79.22GiB)' on an H100-80G (vllm-project/vllm#12126, shared/vllm-cases case12): we keep the smaller",
             aliases=("H100", "H100-SXM", "H100-80GB", "H100-80G", "H100-SXM5-80GB", "H100-HBM3")),
     GpuSpec("H100-80GB-PCIe", "NVIDIA H100 PCIe", _mib(81008), "hopper", "nvidia",
             "torch get_device_properties: name='NVIDIA H100 PCIe', total_memory=81008MB (public repo)",
             aliases=("H100-PCIe",)),
-    GpuSpec("H200", "NVIDIA H200", _from_vllm_log_gib("139.81"), "hopper", "nvidia",
-            "vLLM 0.10.2 log 'Free memory on device (139.21/139.81 GiB)' on an H200 (shared/vllm-cases "
-            "case04); torch elsewhere printed total_memory=143156MB (139.80 GiB)",
+    GpuSpec("H200", "NVIDIA H200", _mib(143156), "hopper", "nvidia",
+            "torch total_memory=143156MB (139.80 GiB); vLLM 0.10.2 logged 'Free memory on device "
+            "(139.21/139.81 GiB)' on an H200 (shared/vllm-cases case04): we keep the smaller",
             aliases=("H200-141GB", "H200-SXM")),
     GpuSpec("B200", "NVIDIA B200", _mib(182631), "blackwell", "nvidia",
             "torch get_device_properties: name='NVIDIA B200', total_memory=182631MB (public benchmark "
