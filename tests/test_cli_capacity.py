@@ -230,3 +230,10 @@ def test_unknown_architecture_with_standard_fields_is_described_and_warned(tmp_p
     assert any("'frobnicator' has no family rules" in w for w in document["warnings"])
     # described as the generic decoder it is: the same blocks as the Llama config it was made from
     assert document["kv_cache"]["num_blocks"] == run_json(LLAMA, "--kv-cache-memory-bytes", "40GiB")["kv_cache"]["num_blocks"]
+
+
+def test_vllm_version_with_patch_level():
+    budget = str(27284 * 2 * (1 << 20))
+    document = run_json(LLAMA, "--kv-cache-memory-bytes", budget, "--vllm-version", "v0.11.0")
+    assert document["inputs"]["vllm_version"] == "0.11"
+    assert document["kv_cache"]["num_blocks"] == 27284

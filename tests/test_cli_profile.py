@@ -310,3 +310,31 @@ def test_out_of_memory_exit_3_with_partial_json(capsys):
     assert "error: out of device memory during the CUDA graph capture phase" in captured.err
     assert "hint: " in captured.err and "--enforce-eager" in captured.err
     assert fake.allocated == 0 and fake.reserved == 0
+
+
+def test_cpu_enforce_eager_has_no_graphs_and_a_hopper_non_torch_default(tiny_llama):
+    result = _run([str(tiny_llama), "--device", "cpu", "--load-format", "dummy", "--gpu", "H100", "--enforce-eager",
+                   *SMALL_BATCH, "--json"])
+    assert result.exit_code == 0, result.output
+    memory = _json(result)["memory"]
+    assert (memory["cuda_graph_bytes"], memory["cuda_graph_method"]) == (0, "not_applicable")
+    # estimate's family default: hopper 0.16 GiB (kvadvise/estimate/graphs.py, from an H100 log)
+    assert (memory["non_torch_bytes"], memory["non_torch_method"]) == (16 * GIB // 100, "estimated")
+
+
+def test_profile_and_estimate_declare_their_shared_options_once():
+    """kvadvise/commands/_budget_options.py: the same flag names, defaults and help in both commands."""
+    from typer.main import get_command
+
+    commands = get_command(app).commands
+    params = {name: {p.name: p for p in commands[name].params} for name in ("profile", "estimate")}
+    shared = ("model", "util", "dtype", "partition", "max_model_len", "kv_cache_dtype", "block_size", "enforce_eager",
+              "cuda_graph_sizes")
+    for name in shared:
+        a, b = params["profile"][name], params["estimate"][name]
+        assert (a.opts, a.secondary_opts, a.default, getattr(a, "help", None)) == \
+            (b.opts, b.secondary_opts, b.default, getattr(b, "help", None)), name
+    for name in ("tensor_parallel_size", "stage", "gpu", "gpu_memory", "gpu_free", "vllm_version",
+                 "max_num_batched_tokens", "max_num_seqs"):
+        assert params["profile"][name].opts == params["estimate"][name].opts, name
+        assert params["profile"][name].default == params["estimate"][name].default, name

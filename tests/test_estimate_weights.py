@@ -272,3 +272,24 @@ def test_malformed_headers_are_input_errors(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
     with pytest.raises(InputError, match="spans 10 bytes"):
         records_from_safetensors(tmp_path)
+
+
+@pytest.mark.parametrize("tp", (1, 2))
+def test_vocabulary_padding_one_source_for_profile_and_estimate(tp):
+    """A vocabulary that is not a multiple of 64 (the tiny Llama with 500 tokens): vLLM holds 512 rows (tied:
+    one tensor). Estimate (HF rows + padding) and the profile's build (TP 1: HF rows, padding computed; TP 2:
+    vLLM's 256-row share built in) give the same weights, both from kvadvise/plan/vllm_buffers.py."""
+    from kvadvise.profile.build import vllm_weight_buffers_of
+
+    config = dict(tiny_config("llama"), vocab_size=500)
+    weights = estimate_weights(config, model_dtype="bfloat16", plan=ShardPlan(tensor_parallel_size=tp))
+    # TP 1: 12 rows x 64 x 2 B; TP 2: 256 - ceil(500 / 2) = 6 rows
+    padding = (12 if tp == 1 else 6) * 64 * 2
+    assert weights.vllm_extra_detail == {"rotary cos/sin cache": 131072 * 16 * 2,
+                                         "vocabulary padding to a multiple of 64": padding}
+    spec = tiny_spec(config)
+    shape = ShardShape(tensor_parallel_size=tp)
+    built = build_model(spec, load_format="dummy", dtype="bfloat16", device="meta", shape=shape)
+    buffers = vllm_weight_buffers_of(built, spec, shape)
+    assert buffers.vocab_padding_bytes == (padding if tp == 1 else 0)
+    assert tensor_bytes(built) + buffers.total_bytes == weights.weights_bytes

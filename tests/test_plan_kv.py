@@ -481,3 +481,13 @@ def test_max_model_len_beyond_the_model_is_warned():
     assert layout.max_model_len == 200000 and layout.blocks_per_request == 12500
     assert any("VLLM_ALLOW_LONG_MAX_MODEL_LEN" in note for note in layout.assumptions)
     assert not kv_layout(LLAMA_3_1_8B, KvSettings(max_model_len=131072)).assumptions
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0.11", "0.11"), ("0.11.0", "0.11"), ("v0.11.2", "0.11"), ("0.12.0+cu128", "0.12"), ("0.10.2", "0.10.2"),
+    ("0.10.2.post1", "0.10.2"), ("0.33.0", "0.33"), ("0.10.1", "0.10.1"), ("0.9", "0.9"), ("latest", "latest"),
+])
+def test_normalize_vllm_version(text, expected):
+    from kvadvise.plan.kv import normalize_vllm_version
+
+    assert normalize_vllm_version(text) == expected

@@ -37,6 +37,9 @@ def test_rotary_cache_shapes_by_hand():
     assert _shapes({"hidden_size": 64}) == ()
     assert _shapes({"max_position_embeddings": 2048, "hidden_size": 64, "num_attention_heads": 4}) == ()
     assert _shapes({"n_positions": 1024, "rope_theta": 1.0, "hidden_size": 64, "num_attention_heads": 4}) == ()
+    # Nemotron-3-Nano's config names rope_theta, but vLLM's NemotronH attention has no rotary embedding
+    nano = json.loads((CONFIGS / "nvidia__NVIDIA-Nemotron-3-Nano-30B-A3B-BF16.json").read_text())
+    assert nano["rope_theta"] == 10000 and _shapes(nano) == ()
 
 
 def test_gpt_oss_cache_is_float32_and_the_same_settings_share_one_cache():

@@ -39,6 +39,15 @@ def parse_positive_int(text: Optional[str], what: str) -> Optional[int]:
     return int(value)
 
 
+def vllm_version_callback(value: Optional[str]) -> Optional[str]:
+    """typer callback: `--vllm-version v0.11.0` means the 0.11 rules (None stays None)."""
+    if value is None:
+        return None
+    from kvadvise.plan.kv import normalize_vllm_version
+
+    return normalize_vllm_version(value)
+
+
 def debug_enabled() -> bool:
     return STATE["debug"] or os.environ.get("KVADVISE_DEBUG", "") not in ("", "0")
 

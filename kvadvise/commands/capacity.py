@@ -11,7 +11,8 @@ from typing import Optional
 import typer
 
 from kvadvise.commands._common import (JsonOption, MinConcurrencyOption, MinTokensOption, Outcome, OutputOption,
-                                       execute, parse_positive_int)
+                                       execute, parse_positive_int,
+                                       vllm_version_callback)
 
 # Integer options are read as text and parsed here, so a bad value is one `error:` line (exit 2).
 _INT_METAVAR = "N"
@@ -36,7 +37,7 @@ def capacity(
         None, "--max-num-batched-tokens", metavar=_INT_METAVAR,
         help="Sliding-window / chunked-local per-request maximum depends on it (default 8192)."),
     vllm_version: str = typer.Option(
-        "0.33", "--vllm-version", metavar="V", help="vLLM rules to apply: 0.10.2, 0.11, 0.12 or 0.33 (newest)."),
+        "0.33", "--vllm-version", metavar="V", callback=vllm_version_callback, help="vLLM rules to apply: 0.10.2, 0.11, 0.12 or 0.33 (newest)."),
     mamba_cache_mode: Optional[str] = typer.Option(
         None, "--mamba-cache-mode", metavar="MODE",
         help="Hybrid Mamba models: none (one state block per request) or align (Mamba prefix caching, two); "

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from kvadvise.commands._common import JsonOption, Outcome, OutputOption, execute
+from kvadvise.commands._common import JsonOption, Outcome, OutputOption, execute, vllm_version_callback
 
 FORMATS = ("table", "json", "markdown")
 
@@ -23,7 +23,7 @@ def check(
         help="Recompute KV tokens from this model's config (hub id in the local cache, directory or JSON file). "
              "Default: the model the log names, when it resolves locally."),
     vllm_version: Optional[str] = typer.Option(
-        None, "--vllm-version", metavar="V",
+        None, "--vllm-version", metavar="V", callback=vllm_version_callback,
         help="vLLM rules to apply (0.10.2, 0.11, 0.12, 0.33). Default: from the version the log prints."),
     startup: Optional[int] = typer.Option(
         None, "--startup", metavar="N", help="Which start-up to check when the log holds several (1 = first; "

@@ -542,7 +542,8 @@ def _vocab_tensors(records: Iterable[TensorRecord], plan: ShardPlan, num_layers:
         if whole_vocab is None:
             out.append(VocabTensor(vocab_size=rows, rows_held=_split(rows, tp), width=width))
         else:
-            out.append(VocabTensor(vocab_size=whole_vocab if shard_tp > 1 else rows, rows_held=rows, width=width))
+            out.append(VocabTensor(vocab_size=whole_vocab if shard_tp > 1 and whole_vocab else rows, rows_held=rows,
+                                   width=width))
     return out
 
 

@@ -85,6 +85,26 @@ class VllmRules:
                 f"{tokens}; concurrency = num_blocks / blocks per request")
 
 
+def normalize_vllm_version(text: str) -> str:
+    """A version as people write it (`v0.11.0`, `0.11.1`, `0.10.2.post1`, `0.12.0+cu128`) -> our rule-set name.
+
+    0.11.x -> "0.11", 0.12.x -> "0.12", 0.33.x -> "0.33", 0.10.2 (and its post releases) -> "0.10.2";
+    anything else is returned as given, for vllm_rules to refuse.
+    """
+    import re
+
+    cleaned = str(text).strip().lower()
+    cleaned = cleaned[1:] if cleaned.startswith("v") else cleaned
+    match = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?(?:[.+-].*|rc\d+.*|\.post\d+.*)?$", cleaned)
+    if not match:
+        return str(text).strip()
+    major, minor, patch = int(match.group(1)), int(match.group(2)), match.group(3)
+    if (major, minor) == (0, 10):
+        return "0.10.2" if patch is not None and int(patch) == 2 else str(text).strip()
+    name = f"{major}.{minor}"
+    return name if name in VLLM_VERSIONS else str(text).strip()
+
+
 def vllm_rules(version: str) -> VllmRules:
     """The rule set for a `--vllm-version` value (InputError when we do not implement it)."""
     version = str(version).strip()

@@ -101,6 +101,7 @@ class StageCard:
     gpu_memory_utilization: float
     free_bytes_at_start: Optional[int] = None   # known when measured (a stage profile); None from a catalog
     source: str = "gpu-memory option"           # "catalog", "gpu-memory option", "stage profile", "cuda"
+    family: Optional[str] = None                # catalog family ("hopper", ...): the cuBLAS workspace rule
 
 
 @dataclass(frozen=True)
@@ -331,12 +332,27 @@ class EngineCapacity:
 class Suggestion:
     partition: tuple[int, ...]
     capacity: EngineCapacity
-    gain_tokens: int
+    gain_tokens: Optional[int]       # None when the given plan does not fit: no gain against an infeasible plan
     gain_percent: Optional[float]
     already_optimal: bool
     layers_moved: int
     command: str
     stage_fit_kv_cache_memory_bytes: tuple[Optional[int], ...]
+    makes_feasible: bool = False     # the given plan does not fit these cards; this one does
+
+
+@dataclass(frozen=True)
+class StageShortfall:
+    """A stage the plan does not fit on its card: its KV allocation exceeds its fit budget."""
+
+    stage: int
+    kv_cache_bytes: int              # KV bytes it would allocate (0 without a given budget)
+    fit_kv_cache_memory_bytes: int   # vLLM's fit: requested - non-KV - 150 MiB (negative: non-KV alone overflows)
+    over_bytes: int                  # kv_cache_bytes - fit_kv_cache_memory_bytes (> 0)
+
+    @property
+    def non_kv_fits(self) -> bool:
+        return self.fit_kv_cache_memory_bytes >= 0
 
 
 @dataclass(frozen=True)
@@ -360,6 +376,9 @@ class PpPlan:
     warnings: tuple[str, ...]
     layer_weights_method: str = "not_applicable"   # how the weights of moved layers were obtained
     layer_weights_source: Optional[str] = None
+    # False: some stage does not fit its card (shortfalls say which, by how much); None: no cards, unchecked
+    feasible: Optional[bool] = True
+    shortfalls: tuple[StageShortfall, ...] = ()
 
 
 class _Layouts:
@@ -493,8 +512,6 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
             if extras[s] < 0:
                 warnings.append(f"stage {s}: its weights ({non_kv[s].weights_bytes} B) are below the estimated "
                                 f"weights of its layers ({range_weights(a, b)} B); moved layers are estimated")
-            if fits[s] < 0:
-                warnings.append(f"stage {s}: its non-KV memory exceeds the requested memory; nothing fits")
 
     # fit is linear in the weights (requested - non-KV - buffer): the stage's fit with its own layers,
     # plus the weights of those layers, minus the weights of the layers it would hold instead
@@ -515,16 +532,27 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
 
     # uniform: what vLLM does with one budget on every rank
     if kv_cache_memory_bytes is not None:
-        uniform_budget = kv_cache_memory_bytes
-        uniform_blocks = min(blocks_for(uniform_budget, u) for u in units)
+        uniform_budget: Optional[int] = kv_cache_memory_bytes
+        uniform_blocks = min(blocks_for(kv_cache_memory_bytes, u) for u in units)
     else:
         uniform_blocks = engine_blocks(fits, units, shrink)
         uniform_budget = uniform_budget_for(uniform_blocks, fits, units, shrink) if uniform_blocks >= 0 else None
-        if uniform_blocks < 0:
-            warnings.append("the given partition does not fit: some stage has no memory left for the KV cache")
-    uniform = capacity(uniform_blocks, uniform_budget)
-    feasible = uniform_budget is not None
-    if feasible and not uniform.fits_one_request:
+    # what every stage computes from that budget, and the KV bytes it allocates under the version's rule
+    stage_blocks = [blocks_for(uniform_budget, u) if uniform_budget is not None else None for u in units]
+    allocated = [None if uniform_budget is None else (uniform_blocks * u if shrink else stage_blocks[s] * u)
+                 for s, u in enumerate(units)]
+    # feasible: every stage's non-KV memory and its KV allocation fit its card (vLLM's fit); unknown without cards
+    shortfalls = []
+    if mode == "memory":
+        for s in range(n):
+            kv = allocated[s] if allocated[s] is not None else 0
+            if fits[s] < 0 or kv > fits[s]:
+                shortfalls.append(StageShortfall(s, kv, fits[s], kv - fits[s]))
+    feasible: Optional[bool] = None if mode == "budget" else not shortfalls
+    usable = feasible is not False and uniform_budget is not None   # a plan vLLM can run (as far as we know)
+    # an engine that cannot start holds nothing: no tokens are claimed for an infeasible plan
+    uniform = capacity(uniform_blocks, uniform_budget) if usable else EngineCapacity(uniform_budget, 0, 0, 0.0, False)
+    if usable and not uniform.fits_one_request:
         warnings.append(f"one request of {whole.max_model_len:,} tokens needs {whole.blocks_per_request:,} blocks "
                         f"but the engine gets {uniform.num_blocks:,}: vLLM would refuse to start "
                         "(lower --max-model-len, or see the suggested partition)")
@@ -538,19 +566,13 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
         proportional_blocks = max(uniform_blocks, 0)
         bottleneck = max(range(n), key=lambda s: (units[s], -s))
     proportional = capacity(proportional_blocks, None)
-    saved = sum(uniform_budget - uniform_blocks * u for u in units) if feasible else None
+    saved = sum(uniform_budget - uniform_blocks * u for u in units) if usable else None
 
     stages = []
     for s, (a, b) in enumerate(ranges):
-        stage_blocks = blocks_for(uniform_budget, units[s]) if feasible else None
-        used = uniform_blocks * units[s] if feasible else None
-        allocated = (used if shrink else stage_blocks * units[s]) if feasible else None
         fits_uniform = None
-        if fits[s] is not None and feasible:
-            fits_uniform = allocated <= fits[s]
-            if not fits_uniform:
-                warnings.append(f"stage {s}: the uniform budget allocates {allocated} B of KV cache but only "
-                                f"{fits[s]} B fit")
+        if fits[s] is not None and allocated[s] is not None:
+            fits_uniform = allocated[s] <= fits[s]
         tokens_alone = None
         if fits[s] is not None:
             tokens_alone = kv_capacity(layouts.layout(a, b), fits[s]).tokens if fits[s] > 0 else 0
@@ -577,8 +599,8 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
             fit_kv_cache_memory_bytes=fits[s], full_kv_cache_memory_bytes=fulls[s],
             kv_bytes_per_token=kvs[s].kv_bytes_per_token, bytes_per_block=units[s],
             block_size=kvs[s].block_size, tokens_alone=tokens_alone,
-            uniform_num_blocks=stage_blocks, uniform_allocated_bytes=allocated,
-            idle_bytes_uniform=uniform_budget - used if feasible else None,
+            uniform_num_blocks=stage_blocks[s], uniform_allocated_bytes=allocated[s],
+            idle_bytes_uniform=uniform_budget - uniform_blocks * units[s] if usable else None,
             proportional_kv_cache_memory_bytes=proportional_blocks * units[s],
             fits_uniform=fits_uniform, methods=methods,
             layer_weights_bytes=range_weights(a, b) if memory is not None and layer_weights_bytes is not None
@@ -610,13 +632,16 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
             budget = (kv_cache_memory_bytes if mode == "budget"
                       else uniform_budget_for(blocks, split_fits, split_units, shrink))
             suggested = capacity(blocks, budget)
-            gain = suggested.tokens - uniform.tokens
-            percent = round(100.0 * gain / uniform.tokens, 2) if uniform.tokens > 0 else None
+            gain = percent = None
+            if feasible is not False:   # a gain is measured against a plan that runs, never an infeasible one
+                gain = suggested.tokens - uniform.tokens
+                percent = round(100.0 * gain / uniform.tokens, 2) if uniform.tokens > 0 else None
             moved = sum(abs(x - y) for x, y in zip(_ends(split), _ends(partition)))
             suggestion = Suggestion(
                 partition=tuple(split), capacity=suggested, gain_tokens=gain, gain_percent=percent,
                 already_optimal=already, layers_moved=moved, command=serve_line(split, budget),
-                stage_fit_kv_cache_memory_bytes=tuple(split_fits) if mode == "memory" else (None,) * n)
+                stage_fit_kv_cache_memory_bytes=tuple(split_fits) if mode == "memory" else (None,) * n,
+                makes_feasible=feasible is False)
         else:
             warnings.append("no partition fits: every split leaves some stage without memory for its weights")
 
@@ -626,8 +651,9 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
         shrink=shrink, mode=mode, stages=tuple(stages), uniform=uniform,
         uniform_given=kv_cache_memory_bytes is not None, idle_kind=idle_kind,
         proportional=proportional, proportional_saved_bytes=saved, bottleneck_stage=bottleneck,
-        suggestion=suggestion, command=serve_line(partition, uniform_budget) if feasible else None,
-        max_model_len=whole.max_model_len, warnings=tuple(warnings),
+        suggestion=suggestion, command=serve_line(partition, uniform_budget) if usable else None,
+        max_model_len=whole.max_model_len, warnings=tuple(warnings), feasible=feasible,
+        shortfalls=tuple(shortfalls),
         layer_weights_method=layer_weights_method if (non_kv is not None and layer_weights_bytes is not None)
         else "not_applicable",
         layer_weights_source=layer_weights_source if (non_kv is not None and layer_weights_bytes is not None)
@@ -645,9 +671,10 @@ def _ends(partition: Sequence[int]) -> list[int]:
 
 # ---------------------------------------------------------------- analytic non-KV estimate (from the config)
 #
-# Used by `pp-split --estimate` until the estimate engine (kvadvise/estimate/) can size a stage. Every
-# figure below is an ESTIMATE from the config alone, reported with method "estimated"; the weights are
-# parameter counts x bytes per parameter, the other terms are coarse, documented rules of thumb.
+# Used by `pp-split --parameter-counts` (and when the estimate engine cannot size a stage). Every figure
+# below is an ESTIMATE from the config alone, reported with method "estimated"; the weights are parameter
+# counts x bytes per parameter, the activation is the estimate engine's analytic formula at vLLM's default
+# profile batch (plan/dummy.py), non-torch and CUDA-graph memory are coarse, documented rules of thumb.
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1}
 ESTIMATED_NON_TORCH_BYTES = 256 * (1 << 20)     # NCCL / cuBLAS workspaces growth after start-up (rule of thumb)
@@ -799,39 +826,33 @@ def layer_weights_from_stages(estimated_layer_bytes: Sequence[int], partition: S
     return tuple(result), tuple(kept)
 
 
-def default_batch_limits(total_bytes: int, vllm_version: str) -> tuple[int, int]:
-    """vLLM's default (max_num_batched_tokens, max_num_seqs) for the API server on a card of this size."""
-    gib = total_bytes / (1 << 30)
-    # mirrors vLLM 0.11 engine/arg_utils.py get_batch_defaults (A100 exception not applied: card name unknown)
-    if _version_key(vllm_version) >= (0, 13) and gib >= 160:
-        return 16384, 1024
-    if gib >= 70:
-        return 8192, 1024
-    return 2048, 256
-
-
 def estimate_stage_non_kv(spec: ModelSpec, partition: Sequence[int], cards: Sequence[StageCard],
                           settings: KvSettings, *, max_num_batched_tokens: Optional[int] = None,
                           max_num_seqs: Optional[int] = None) -> tuple[tuple[StageNonKv, ...], tuple[int, ...]]:
-    """Estimated non-KV terms of every stage, and the estimated weights of every layer."""
+    """Estimated non-KV terms of every stage, and the estimated weights of every layer.
+
+    The activation peak is the estimate engine's own analytic formula (estimate/activation.py
+    analytic_activation_bytes: forward on every stage, the sampler on the last) at vLLM's profile batch for
+    the stage's card (plan/dummy.py), plus torch's cuBLAS workspace for the card's family.
+    """
+    # plain arithmetic, no torch: the same formula the estimate engine falls back to, not a third one
+    from kvadvise.estimate.activation import analytic_activation_bytes
+    from kvadvise.plan.dummy import cublas_workspace_bytes_for_family, plan_dummy_run, vllm_default_batch
+
     tp = settings.tensor_parallel_size
     layer_weights = estimate_layer_weights_bytes(spec, tp)
-    dtype_bytes = _DTYPE_BYTES.get(spec.dtype, 2)
-    vocab = _padded_vocab(spec.vocab_size, tp)
     n = len(partition)
     extras = stage_extra_weights_bytes(spec, n, tp)
     result = []
     for s, (a, b) in enumerate(stage_ranges(partition)):
         weights = sum(layer_weights[a:b]) + extras[s]
-        tokens_default, seqs_default = default_batch_limits(cards[s].total_bytes, settings.vllm_version)
-        tokens = max_num_batched_tokens or tokens_default
-        seqs = min(max_num_seqs or seqs_default, tokens)
-        inner = max(spec.intermediate_size or 0, (spec.moe_intermediate_size or 0) * (spec.num_experts_per_token or 1))
-        # one layer's transient tensors at the profile batch: residual + hidden + qkv + 2 x MLP inner
-        activation = tokens * (4 * spec.hidden_size + 2 * inner // tp) * dtype_bytes
-        if s == n - 1:
-            # the sampler on the last stage: float32 logits, sorted values (f32) + indices (i64), probs (f32)
-            activation += seqs * vocab * (4 + 4 + 8 + 4)
+        card = cards[s]
+        tokens_default, seqs_default = vllm_default_batch(card.total_bytes, card.name, settings.vllm_version)
+        run = plan_dummy_run(max_num_batched_tokens or tokens_default, max_num_seqs or seqs_default)
+        # vLLM's first matmul allocates the cuBLAS workspace inside its profile run (unknown family: the largest)
+        workspace, _known = cublas_workspace_bytes_for_family(card.family)
+        activation = analytic_activation_bytes(spec, run, dtype=spec.dtype, tensor_parallel_size=tp,
+                                               run_sampler=s == n - 1) + workspace
         result.append(StageNonKv(weights_bytes=weights, activation_peak_bytes=activation,
                                  non_torch_bytes=ESTIMATED_NON_TORCH_BYTES,
                                  cuda_graph_bytes=ESTIMATED_CUDA_GRAPH_BYTES, method="estimated"))

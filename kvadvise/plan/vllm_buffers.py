@@ -23,6 +23,9 @@ PADDING_DETAIL = "vocabulary padding to a multiple of 64"
 # keys whose presence says the attention uses rotary position embeddings
 _ROTARY_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "rotary_pct", "rotary_emb_base",
                 "partial_rotary_factor", "qk_rope_head_dim", "rope_local_base_freq", "rotary_dim")
+# models whose config names rope settings that vLLM's attention does not use: mirrors vLLM 0.11
+# models/nemotron_h.py NemotronHAttention (qkv_proj, attn, o_proj: no rotary_emb, "NoPE")
+_NO_ROTARY_MODEL_TYPES = ("nemotron_h",)
 # rope types whose cache length we read in vLLM's rotary_embedding package
 _KNOWN_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "deepseek_yarn", "llama3", "mrope", "longrope", "su")
 
@@ -55,6 +58,8 @@ def uses_rotary(text_config: Mapping[str, Any]) -> bool:
     if text_config.get("position_embedding_type") in ("absolute", "alibi") or text_config.get("alibi"):
         return False
     if "n_positions" in text_config or text_config.get("use_rope") is False:
+        return False
+    if str(text_config.get("model_type", "")) in _NO_ROTARY_MODEL_TYPES:
         return False
     return any(text_config.get(key) is not None for key in _ROTARY_KEYS)
 
@@ -185,8 +190,6 @@ def vllm_weight_buffers(text_config: Mapping[str, Any], *, dtype_bytes: int, ten
     notes = []
     if not exact:
         notes.append("a rope type whose vLLM cache length we have not read: counted at max_position_embeddings")
-    if len(caches) > 1:
-        notes.append(f"{len(caches)} rotary caches (one per distinct rotary setting)")
     return VllmWeightBuffers(
         rotary_cache_bytes=sum(cache.bytes for cache in caches),
         vocab_padding_bytes=vocab_padding_bytes(vocab_tensors, tensor_parallel_size, dtype_bytes),

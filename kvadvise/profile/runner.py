@@ -24,9 +24,10 @@ What differs from vLLM (the modules are transformers', not vLLM's): unfused q/k/
 projections, RMSNorm in float32 and a separate residual add (vLLM fuses both), transformers' rotary
 cos/sin per forward (vLLM indexes a cached table), the MoE router's float32 softmax, and the decoder's
 forward keeping the embedding output referenced for the whole loop (transformers' `inputs_embeds`).
-Kernels' own workspaces are invisible to the live-bytes tracker but seen by a CUDA measurement; the one
-that matters at the peak, the CUDA sort's in the sampler, is emulated on CPU and fake tensors
-(sampler.py); cuBLAS and attention-kernel workspaces are not.
+Kernels' own workspaces are invisible to the live-bytes tracker but seen by a CUDA measurement; the
+CUDA sort's in the sampler is emulated on CPU and fake tensors (sampler.py), torch's cuBLAS workspace by
+a placeholder of the target card's size (`cublas_workspace_bytes`: vLLM's first matmul, which allocates
+it, is inside its profile run); attention-kernel workspaces are not (attention returns early there).
 Nothing here calls torch.cuda: the profile helper's device.py measures around these calls.
 """
 

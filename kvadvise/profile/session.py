@@ -376,11 +376,19 @@ def _host_graphs(workload: Workload, sizes: list[int], state: _State) -> None:
         state.measurements = replace(state.measurements, cuda_graph_bytes=0, cuda_graph_method="estimated")
         state.phases.append(PhaseRecord("cuda_graphs", detail={"sizes": []}))
         return
+    graphs = None
     if estimate_of is not None:
-        graphs = estimate_of(sizes)
+        try:
+            graphs = estimate_of(sizes)
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as error:   # the decode step cannot run on this architecture: as `estimate` does
+            state.warnings.append(f"the decode step could not be traced on the host ({type(error).__name__}): "
+                                  "CUDA-graph memory counts the per-size figure only")
+    if graphs is not None:
         detail = dict(graph_detail(graphs), sizes=sizes)
         graph_bytes = graphs.cuda_graph_bytes
-    else:   # a workload that cannot run the decode step: the per-size figure alone
+    else:   # no decode step to trace: the per-size figure alone
         graph_bytes = GRAPH_BYTES_PER_SIZE * len(sizes)
         detail = {"method": "per-size figure only", "sizes": sizes}
     state.measurements = replace(state.measurements, cuda_graph_bytes=graph_bytes, cuda_graph_method="estimated")

@@ -180,7 +180,9 @@ def render_budget(document: dict[str, Any], console: Any) -> None:
     device, memory, advice, settings = (document["device"], document["memory"], document["advice"],
                                         document["settings"])
     command = document["command"]
-    verb = "measured" if command == "profile" else "estimated"
+    methods = {memory.get(f"{term}_method") for term, _ in TERMS}
+    verb = "estimated" if command != "profile" else (
+        "measured" if methods <= {"measured", "not_applicable"} else "measured and estimated")
     where = device["name"] or f"a {gib(device['total_bytes'])} device"
     measured_on = (document.get("measurement") or {}).get("device_measured")
     source = device["source"] + (f", measured on {measured_on}" if measured_on == "cpu" else "")
