@@ -230,3 +230,35 @@ def test_mxfp4_model_on_two_ranks():
     assert document["estimate"]["weights"]["quantization"] == "mxfp4"
     assert document["estimate"]["weights"]["quantization_scale_bytes"] > 0
     assert document["estimate"]["activation"]["method"] == "fake-tensor trace"
+
+
+def test_budget_too_small_for_one_request_caps_max_model_len():
+    """Llama-3.1-8B on an L4: 'fit' holds fewer tokens than one 131,072-token request. vLLM would refuse to
+    start with the model's length, so the serve line carries the longest length that fits, and says why."""
+    result = runner.invoke(app, ["estimate", str(CONFIGS / "meta-llama__Llama-3.1-8B.json"), "--gpu", "L4",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    document = _json(result)
+    fit = document["advice"]["fit"]
+    # by hand: full attention, 32 layers x 2 (K, V) x 8 kv heads x 128 x 2 bytes x 16 tokens = 2 MiB a block
+    blocks = fit["kv_cache_memory_bytes"] // (2 * 32 * 8 * 128 * 2 * 16)
+    assert blocks * 16 < 131072
+    assert f"--max-model-len {blocks * 16} " in fit["command"]
+    assert any(w.startswith("fit: one request of 131072 tokens does not fit") for w in document["warnings"])
+    # a config file is not something vLLM serves: the line names the placeholder and a warning says so
+    assert fit["command"].startswith("vllm serve MODEL ")
+    assert any("is a config file, which vLLM cannot serve" in w for w in document["warnings"])
+
+
+def test_model_caveats_are_warnings():
+    # gpt-oss names no dtype: the assumption changes the numbers, so it is a warning, not only a model note
+    result = runner.invoke(app, ["estimate", str(CONFIGS / "openai__gpt-oss-20b.json"), "--gpu", "H100", "--json"])
+    assert result.exit_code == 0, result.output
+    assert any(w.startswith("no dtype in the config") for w in _json(result)["warnings"])
+
+
+def test_config_naming_its_hub_id_is_served_by_that_id():
+    result = runner.invoke(app, ["estimate", str(CONFIGS / "meta-llama__Llama-2-7b-hf.json"), "--gpu", "H100",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    assert _json(result)["advice"]["fit"]["command"].startswith("vllm serve meta-llama/Llama-2-7b-hf ")

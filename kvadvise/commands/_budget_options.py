@@ -59,4 +59,6 @@ VLLM_VERSION_HELP = f"vLLM rules to mirror: {', '.join(VLLM_VERSIONS)} (default 
 
 
 def vllm_version_option(help_text: str = VLLM_VERSION_HELP) -> Optional[str]:
-    return typer.Option(None, "--vllm-version", help=help_text)
+    from kvadvise.commands._common import vllm_version_callback
+
+    return typer.Option(None, "--vllm-version", help=help_text, callback=vllm_version_callback)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kvadvise.errors import InputError
-from kvadvise.plan.advice import BudgetReport, DeviceBudget, DeviceInfo, NonKvMemory, advise
+from kvadvise.plan.advice import BudgetReport, DeviceInfo, NonKvMemory
 
 
 @dataclass(frozen=True)
@@ -220,16 +220,10 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
                          non_torch_method=non_torch_method, cuda_graph_method=graph_method)
     device = DeviceInfo(name=card.name, total_bytes=card.total_bytes, free_bytes_at_start=card.free_bytes_at_start,
                         source=card.source)
-    budget = DeviceBudget(card.total_bytes, card.free_bytes_at_start, settings.gpu_memory_utilization)
-    advice = advise(memory, budget, settings.vllm_version)
     layout = session.kv_layout_for(settings, spec, tokens)
-    fit = session.budget_option(settings, layout, advice.fit_kv_cache_memory_bytes, advice, tokens, seqs)
-    full = session.budget_option(settings, layout, advice.full_kv_cache_memory_bytes, advice, tokens, seqs)
-    if advice.gate_gpu_memory_utilization is not None and \
-            advice.gate_gpu_memory_utilization < settings.gpu_memory_utilization:
-        warnings.append(f"only {card.free_bytes_at_start} bytes are free at start: vLLM's start-up gate (free >= "
-                        f"total x util) fails at --gpu-memory-utilization {settings.gpu_memory_utilization}; the "
-                        f"commands use {advice.gate_gpu_memory_utilization:.2f}, which passes it")
+    advice, fit, full, advice_warnings = session.advise_budgets(
+        settings, spec, memory, card.total_bytes, card.free_bytes_at_start, layout, tokens, seqs)
+    warnings.extend(advice_warnings)
     note = shape_note(settings, non_torch_given=non_torch_bytes is not None)
     if note:
         warnings.append(note)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 
 from kvadvise.errors import EnvironmentProblem, InputError, OutOfDeviceMemory
 from kvadvise.plan.advice import (Advice, BudgetOption, BudgetReport, DeviceBudget, DeviceInfo, NonKvMemory,
+                                  served_model_name,
                                   advise, vllm_serve_command)
 from kvadvise.profile.device import CapturedGraphs, Device, MemorySnapshot, StepFactory, take_snapshot
 
@@ -521,20 +522,11 @@ def _vllm_graph_sizes(settings: ProfileSettings) -> Callable[[int, int], Sequenc
 def _advise(settings: ProfileSettings, spec: Any, state: _State, target: Optional[TargetDevice]) -> ProfileResult:
     assert state.device_info is not None and state.max_num_batched_tokens is not None
     memory = state.measurements.non_kv()
-    budget = DeviceBudget(state.device_info.total_bytes, state.device_info.free_bytes_at_start,
-                          settings.gpu_memory_utilization)
-    advice = advise(memory, budget, settings.vllm_version)
     layout = state.layout
-    fit = budget_option(settings, layout, advice.fit_kv_cache_memory_bytes, advice,
-                        state.max_num_batched_tokens, state.max_num_seqs)
-    full = budget_option(settings, layout, advice.full_kv_cache_memory_bytes, advice,
-                         state.max_num_batched_tokens, state.max_num_seqs)
-    if advice.gate_gpu_memory_utilization is not None and \
-            advice.gate_gpu_memory_utilization < settings.gpu_memory_utilization:
-        state.warnings.append(f"only {state.device_info.free_bytes_at_start} bytes are free at start: vLLM's "
-                              f"start-up gate (free >= total x util) fails at --gpu-memory-utilization "
-                              f"{settings.gpu_memory_utilization}; the commands use "
-                              f"{advice.gate_gpu_memory_utilization:.2f}, which passes it")
+    advice, fit, full, advice_warnings = advise_budgets(
+        settings, spec, memory, state.device_info.total_bytes, state.device_info.free_bytes_at_start, layout,
+        state.max_num_batched_tokens, state.max_num_seqs)
+    state.warnings.extend(advice_warnings)
     note = shape_note(settings)
     if note:
         state.warnings.append(note)
@@ -574,29 +566,76 @@ def kv_layout_for(settings: ProfileSettings, spec: Any, max_num_batched_tokens: 
     return kv_layout(spec, kv_settings, layers=layers)
 
 
-def budget_option(settings: ProfileSettings, layout: Any, kv_bytes: int, advice: Advice,
-                  max_num_batched_tokens: int, max_num_seqs: int) -> BudgetOption:
-    """What one suggested budget buys, and the `vllm serve` line carrying it (None when nothing fits)."""
+def advise_budgets(settings: ProfileSettings, spec: Any, memory: NonKvMemory, total_bytes: int,
+                   free_bytes_at_start: int, layout: Any, max_num_batched_tokens: int,
+                   max_num_seqs: int) -> tuple[Advice, BudgetOption, BudgetOption, list[str]]:
+    """vLLM's advice for the non-KV terms, what "fit" and "full" buy, and the warnings that go with them.
+
+    One code path for `profile` and `estimate`: the measured or estimated terms differ, the advice does not.
+    """
+    advice = advise(memory, DeviceBudget(total_bytes, free_bytes_at_start, settings.gpu_memory_utilization),
+                    settings.vllm_version)
+    warnings: list[str] = list(getattr(spec, "notes", ()))
+    model_name, name_warning = served_model_name(settings.model_id, dict(getattr(spec, "raw_config", {}) or {}))
+    if name_warning:
+        warnings.append(name_warning)
+    if advice.capped_by_free_memory:
+        warnings.append(f"less memory is free at start ({free_bytes_at_start} bytes) than --util "
+                        f"{settings.gpu_memory_utilization} requests ({advice.requested_bytes} bytes): vLLM's 'fit' "
+                        f"formula ({advice.vllm_fit_kv_cache_memory_bytes} bytes) would not fit, so 'fit' is 'full'")
+    if advice.gate_gpu_memory_utilization is not None and \
+            advice.gate_gpu_memory_utilization < settings.gpu_memory_utilization:
+        warnings.append(f"only {free_bytes_at_start} bytes are free at start: vLLM's start-up gate (free >= "
+                        f"total x util) fails at --gpu-memory-utilization {settings.gpu_memory_utilization}; the "
+                        f"commands use {advice.gate_gpu_memory_utilization:.2f}, which passes it")
+    options = []
+    for label, kv_bytes in (("fit", advice.fit_kv_cache_memory_bytes), ("full", advice.full_kv_cache_memory_bytes)):
+        option, warning = budget_option(settings, model_name, layout, kv_bytes, advice, label)
+        options.append(option)
+        if warning:
+            warnings.append(warning)
+    return advice, options[0], options[1], warnings
+
+
+def budget_option(settings: ProfileSettings, model_name: str, layout: Any, kv_bytes: int, advice: Advice,
+                  label: str = "fit") -> tuple[BudgetOption, Optional[str]]:
+    """What one suggested budget buys, and the `vllm serve` line carrying it (None when nothing fits).
+
+    When one request of the model length does not fit the budget, vLLM would refuse to start (vLLM 0.11
+    v1/core/kv_cache_utils.py check_enough_kv_cache_memory): the line then caps --max-model-len at the
+    longest length that fits, and the warning says so.
+    """
     if kv_bytes <= 0:
         return BudgetOption(kv_cache_memory_bytes=kv_bytes, tokens=None, max_concurrency=None, num_blocks=None,
-                            command=None)
+                            command=None), None
     from kvadvise.plan.kv import kv_capacity
 
     capacity = kv_capacity(layout, kv_bytes)
     tokens, concurrency, blocks = capacity.tokens, capacity.max_concurrency, capacity.num_blocks
+    max_model_len, warning = settings.max_model_len, None
+    if not capacity.fits_one_request:
+        longest = capacity.largest_fitting_model_len
+        if not longest:
+            return BudgetOption(kv_cache_memory_bytes=kv_bytes, tokens=tokens, max_concurrency=concurrency,
+                                num_blocks=blocks, command=None), (
+                f"{label}: {kv_bytes} bytes hold no complete request at all: vLLM would refuse to start")
+        max_model_len = longest
+        warning = (f"{label}: one request of {capacity.max_model_len} tokens does not fit in {kv_bytes} bytes "
+                   f"(vLLM would refuse to start); its vllm serve line sets --max-model-len {longest}, the "
+                   f"longest that fits")
     gate = advice.gate_gpu_memory_utilization
     utilization = settings.gpu_memory_utilization if gate is None else min(settings.gpu_memory_utilization, gate)
     env = None
     if settings.partition is not None:
         env = {"VLLM_PP_LAYER_PARTITION": ",".join(str(n) for n in settings.partition)}
     command = vllm_serve_command(
-        settings.model_id, kv_bytes, gpu_memory_utilization=utilization,
+        model_name, kv_bytes, gpu_memory_utilization=utilization,
         tensor_parallel_size=settings.tensor_parallel_size, pipeline_parallel_size=settings.pipeline_parallel_size,
-        max_model_len=settings.max_model_len, kv_cache_dtype=settings.kv_cache_dtype, block_size=settings.block_size,
+        max_model_len=max_model_len, kv_cache_dtype=settings.kv_cache_dtype, block_size=settings.block_size,
         max_num_batched_tokens=settings.max_num_batched_tokens, max_num_seqs=settings.max_num_seqs,
         enforce_eager=settings.enforce_eager, env=env)
     return BudgetOption(kv_cache_memory_bytes=kv_bytes, tokens=tokens, max_concurrency=concurrency,
-                        num_blocks=blocks, command=command)
+                        num_blocks=blocks, command=command), warning
 
 
 def require_cuda(device_text: str) -> None:

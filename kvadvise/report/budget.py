@@ -173,7 +173,7 @@ def _bar(document: dict[str, Any], width: int = 60) -> Any:
 
 
 def render_budget(document: dict[str, Any], console: Any) -> None:
-    """The human report: header, breakdown table, bar, the two values, the commands, warnings."""
+    """The human report: header, breakdown table, bar, the two values, the commands (warnings: stderr)."""
     from rich.table import Table
     from rich.text import Text
 
@@ -255,5 +255,4 @@ def render_budget(document: dict[str, Any], console: Any) -> None:
         line = advice[key]["command"]
         if line:
             console.print(Text(f"{label}: ", style="bold") + Text(line, style="green"), soft_wrap=True)
-    for warning in document.get("warnings", []):
-        console.print(Text(f"warning: {warning}", style="yellow"))
+    # the warnings go to stderr, printed once by commands/_common.execute
