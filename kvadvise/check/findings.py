@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from kvadvise.check.parser import GIB, LogParse, RankLog, Size, StartupLog
+from kvadvise.report.common import gib
+from kvadvise.check.parser import LogParse, RankLog, Size, StartupLog
 from kvadvise.errors import InputError
 from kvadvise.plan.advice import REDUNDANCY_BUFFER_BYTES, DeviceBudget, NonKvMemory, advise
 
@@ -204,7 +205,7 @@ def tensor_parallel_size(startup: StartupLog) -> tuple[Optional[int], Optional[s
 
 
 def _gib_text(value: int | float) -> str:
-    return f"{value / GIB:.2f} GiB"
+    return gib(round(value))  # message text only: byte-to-GiB conversion lives in report/
 
 
 def _range_text(span: ByteRange) -> str:

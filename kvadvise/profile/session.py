@@ -28,9 +28,10 @@ from kvadvise.errors import EnvironmentProblem, InputError, OutOfDeviceMemory
 from kvadvise.plan.advice import (Advice, BudgetOption, BudgetReport, DeviceBudget, DeviceInfo, NonKvMemory,
                                   served_model_name,
                                   advise, vllm_serve_command)
+# message text only: byte-to-GiB conversion lives in report/
+from kvadvise.report.common import gib
 from kvadvise.profile.device import CapturedGraphs, Device, MemorySnapshot, StepFactory, take_snapshot
 
-GIB = 1 << 30
 PHASES = ("baseline", "load", "profile_run", "cuda_graphs")
 
 
@@ -206,7 +207,7 @@ def does_not_fit_error(report: BudgetReport, settings: ProfileSettings) -> Input
     helps.append(f"tensor parallelism (--tensor-parallel-size {max(2, settings.tensor_parallel_size * 2)})")
     if settings.gpu_memory_utilization < 0.95:
         helps.append("a higher --util")
-    return InputError(f"does not fit: short by {short / GIB:.2f} GiB ({short} bytes) for the KV cache at "
+    return InputError(f"does not fit: short by {gib(short)} ({short} bytes) for the KV cache at "
                       f"--util {settings.gpu_memory_utilization}",
                       hint="what would help: " + ", ".join(helps))
 
@@ -363,7 +364,7 @@ def _host_non_torch(settings: ProfileSettings, target: Optional[TargetDevice], s
     default = default_non_torch(family, key, settings.tensor_parallel_size)
     state.measurements = replace(state.measurements, non_torch_bytes=default.bytes, non_torch_method="estimated")
     state.warnings.append(f"non-torch memory (CUDA context growth, cuBLAS handles, NCCL) cannot be measured on the "
-                          f"host: ESTIMATED as {default.bytes} bytes ({default.bytes / GIB:.2f} GiB), the {default.source}, "
+                          f"host: ESTIMATED as {default.bytes} bytes ({gib(default.bytes)}), the {default.source}, "
                           "as `kvadvise estimate` does; the card's own figure typically lies in 0.05-1.5 GiB")
 
 
@@ -485,7 +486,7 @@ def _device_info(device: Device, baseline: MemorySnapshot, target: Optional[Targ
         driver, mig, other = info.driver_version, info.mig_mode, info.other_processes_bytes
         name = name or info.name
         if info.other_processes:
-            held = "unknown bytes" if other is None else f"{other} bytes ({other / GIB:.2f} GiB)"
+            held = "unknown bytes" if other is None else f"{other} bytes ({gib(other)})"
             warnings.append(f"{len(info.other_processes)} other process(es) hold {held} on this GPU: "
                             "'full' is smaller by what they hold, and changes when they exit")
         if free_memory_disagrees(info.free_bytes, baseline.free_bytes):
@@ -721,7 +722,7 @@ class TorchWorkload:
         available, _ = devices.host_memory_bytes()
         if needed > available:
             raise EnvironmentProblem(
-                f"the weights alone need {needed / GIB:.2f} GiB but the host has {available / GIB:.2f} GiB "
+                f"the weights alone need {gib(needed)} but the host has {gib(available)} "
                 "available: --device cpu runs the model for real",
                 hint="run `kvadvise estimate MODEL` (no model in memory), measure one rank with "
                      "--tensor-parallel-size / --partition, or profile on the GPU")
