@@ -18,6 +18,7 @@ from kvadvise.report.schema import validate
 CONFIGS = Path(__file__).parent / "data" / "pp_configs"
 QWEN32 = str(CONFIGS / "Qwen3-32B-FP8.config.json")   # 64 layers, 8 KV heads x 128, bf16 KV
 QWEN8 = str(CONFIGS / "Qwen3-8B.config.json")         # 36 layers, 8 KV heads x 128, bf16
+LLAMA70 = str(CONFIGS / "Llama-3.1-70B.config.json")  # 80 layers, 8 KV heads x 128, bf16, vocab 128256
 GIB = 1 << 30
 MIB = 1 << 20
 KIB = 1 << 10
@@ -111,7 +112,7 @@ def test_48_16_on_equal_cards_from_parameter_counts():
     assert document["suggestion"]["gain_tokens"] == document["suggested_tokens"] - document["uniform"]["tokens"]
     assert document["suggestion"]["gain_percent"] > 100
     assert document["suggestion"]["command"].startswith(
-        f"VLLM_PP_LAYER_PARTITION={split[0]},{split[1]} vllm serve {QWEN32} --pipeline-parallel-size 2 ")
+        f"VLLM_PP_LAYER_PARTITION={split[0]},{split[1]} vllm serve MODEL --pipeline-parallel-size 2 ")
     assert document["vllm_serve_command"] == document["suggestion"]["command"]
 
 
@@ -302,9 +303,33 @@ def test_command_keys():
     document = run_json(QWEN32, "--partition", "48,16", "--kv-cache-memory-bytes", "8GiB")
     assert document["command"] == "pp-split"
     assert document["vllm_serve_command"] == document["suggestion"]["command"] == (
-        f"VLLM_PP_LAYER_PARTITION=32,32 vllm serve {QWEN32} --pipeline-parallel-size 2 "
+        f"VLLM_PP_LAYER_PARTITION=32,32 vllm serve MODEL --pipeline-parallel-size 2 "
         f"--kv-cache-memory-bytes {8 * GIB}")
-    assert document["uniform"]["command"].startswith(f"VLLM_PP_LAYER_PARTITION=48,16 vllm serve {QWEN32} ")
+    assert document["uniform"]["command"].startswith("VLLM_PP_LAYER_PARTITION=48,16 vllm serve MODEL ")
+
+
+def test_serve_lines_name_what_vllm_can_serve(tmp_path):
+    """vLLM cannot serve a config FILE: its `_name_or_path` when that is a hub id, else MODEL with a warning;
+    a checkpoint directory stays as given."""
+    document = run_json(QWEN8, "--partition", "18,18", "--kv-cache-memory-bytes", "4GiB")
+    assert document["uniform"]["command"].startswith("VLLM_PP_LAYER_PARTITION=18,18 vllm serve MODEL ")
+    assert any("config file, which vLLM cannot serve" in w for w in document["warnings"])
+    config = json.loads(Path(QWEN8).read_text())
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps({**config, "_name_or_path": "Qwen/Qwen3-8B"}))
+    document = run_json(str(named), "--partition", "18,18", "--kv-cache-memory-bytes", "4GiB")
+    assert document["uniform"]["command"].startswith("VLLM_PP_LAYER_PARTITION=18,18 vllm serve Qwen/Qwen3-8B ")
+    assert document["suggestion"]["command"].startswith("VLLM_PP_LAYER_PARTITION=18,18 vllm serve Qwen/Qwen3-8B ")
+    local = tmp_path / "local.json"
+    local.write_text(json.dumps({**config, "_name_or_path": "/data/models/qwen3-8b"}))
+    document = run_json(str(local), "--partition", "18,18", "--kv-cache-memory-bytes", "4GiB")
+    assert " vllm serve MODEL " in document["uniform"]["command"]
+    checkpoint = tmp_path / "Qwen3-8B"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(Path(QWEN8).read_text())
+    document = run_json(str(checkpoint), "--partition", "18,18", "--kv-cache-memory-bytes", "4GiB")
+    assert document["uniform"]["command"].startswith(f"VLLM_PP_LAYER_PARTITION=18,18 vllm serve {checkpoint} ")
+    assert not any("vllm serve" in w for w in document["warnings"])
 
 
 def test_partition_that_does_not_fit_exits_2_after_the_report():
@@ -313,6 +338,77 @@ def test_partition_that_does_not_fit_exits_2_after_the_report():
     document = json.loads(result.stdout)
     assert document["uniform"]["kv_cache_memory_bytes"] is None
     assert "does not fit" in result.stderr
+
+
+LLAMA70_60_20 = (LLAMA70, "--partition", "60,20", "--gpu", "h100", "--kv-cache-memory-bytes", "20GiB",
+                 "--parameter-counts")
+
+
+def test_given_budget_on_a_stage_whose_weights_overflow_its_card_exits_2():
+    """The reviewer's case: Llama-3.1-70B 60,20 on H100s with 20 GiB. Stage 0's weights by parameter count:
+    60 layers x ((8192 x 64 x 128 x 2 + 8192 x 8 x 128 x 2 + 3 x 8192 x 28672) x 2 B + 2 norms x 8192 x 2 B)
+    + embedding 128256 x 8192 x 2 B = 104779874304 B, more than ceil(85027979264 x 0.9) = 76525181338 B
+    requested on its own. 20 GiB // (60 layers x 64 KiB per block) = 5461 blocks = 21473525760 B of KV cache.
+    The plan is infeasible: exit 2 after the report, one line naming stage 0 and by how much, no tokens
+    claimed, no gain against it; the suggestion that fits says so."""
+    document = run_json(*LLAMA70_60_20, exit_code=2)
+    stage0 = document["stages"][0]
+    assert stage0["weights_bytes"] == 60 * ((8192 * 64 * 128 * 2 + 8192 * 8 * 128 * 2 + 3 * 8192 * 28672) * 2
+                                            + 2 * 8192 * 2) + 128256 * 8192 * 2 == 104779874304
+    fit = math.ceil(85027979264 * 0.9) - stage0["non_kv_bytes"] - 150 * MIB
+    assert stage0["fit_kv_cache_memory_bytes"] == fit < 76525181338 - 104779874304 - 150 * MIB
+    assert document["feasible"] is False
+    kv = 5461 * 60 * 64 * KIB
+    assert kv == 21473525760 and stage0["uniform_allocated_bytes"] == kv
+    assert document["shortfalls"] == [{"stage": 0, "kv_cache_bytes": kv, "fit_kv_cache_memory_bytes": fit,
+                                       "over_bytes": kv - fit, "non_kv_fits": False}]
+    assert (document["uniform"]["tokens"], document["uniform"]["num_blocks"]) == (0, 0)
+    assert document["uniform"]["command"] is None and document["proportional"]["gain_tokens"] is None
+    suggestion = document["suggestion"]
+    assert suggestion["makes_feasible"] is True
+    assert suggestion["gain_tokens"] is None and suggestion["gain_percent"] is None
+    assert all(f >= 0 for f in suggestion["stage_fit_kv_cache_memory_bytes"])
+    # what fits holds fewer tokens than one 131072-token request: said, since vLLM would refuse to start
+    assert suggestion["fits_one_request"] is False
+    assert any(w.startswith(f"the suggested plan holds {suggestion['tokens']:,} tokens") for w in document["warnings"])
+    result = run(*LLAMA70_60_20, "--json")
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
+    assert len(errors) == 2 and errors[1].startswith("hint: ") and "fits with --kv-cache-memory-bytes" in errors[1]
+    assert errors[0].startswith("error: the partition does not fit its cards: stage 0: its non-KV memory alone "
+                                f"exceeds the requested memory (less vLLM's 150 MiB buffer) by {-fit / GIB:.2f} GiB")
+    assert f"{(kv - fit) / GIB:.2f} GiB over" in errors[0]
+    # the same without a budget exits 2 too, naming the same stage
+    result = run(LLAMA70, "--partition", "60,20", "--gpu", "h100", "--parameter-counts", "--json")
+    assert result.exit_code == 2 and "error: the partition does not fit its cards: stage 0: " in result.stderr
+
+
+def test_given_budget_with_cards_is_fast_and_imports_no_torch():
+    """--parameter-counts with cards and a budget: the estimate engine's analytic formula, no torch."""
+    from helpers import assert_fast_and_light
+
+    def check(document):
+        assert document["feasible"] is False and document["shortfalls"][0]["stage"] == 0
+
+    assert_fast_and_light(["pp-split", *LLAMA70_60_20, "--json"], check)
+
+
+def test_human_mode_warnings_go_to_stderr_once():
+    """Issue 2's contract: the tables on stdout, every warning of the document on stderr (execute prints them)."""
+    document = run_json(QWEN32, "--partition", "48,16", "--kv-cache-memory-bytes", "8GiB")
+    assert document["warnings"]
+    result = run(QWEN32, "--partition", "48,16", "--kv-cache-memory-bytes", "8GiB")
+    assert result.exit_code == 0
+    assert "warning" not in result.stdout
+    for warning in document["warnings"]:
+        assert result.stderr.count(f"warning: {' '.join(warning.split())}") == 1
+
+
+def test_infeasible_table_says_what_fits():
+    result = run(*LLAMA70_60_20)
+    assert result.exit_code == 2
+    text = " ".join(result.stdout.split())
+    assert "Does not fit: partition 60,20 with 21,474,836,480 B (20.00 GiB) overflows stage(s) 0" in text
+    assert "What fits these cards: suggested partition" in text and "%" not in text
 
 
 @pytest.mark.parametrize("name, args, message", [

@@ -321,16 +321,66 @@ def test_given_budget_without_cards():
     assert plan.suggestion.capacity.kv_cache_memory_bytes == 8 * GIB
 
 
-def test_given_budget_checked_against_cards():
-    """Cards known and a budget given: vLLM 0.11 allocates the whole budget on every stage."""
+@pytest.mark.parametrize("version", ["0.11", "0.33"])
+def test_given_budget_checked_against_cards(version):
+    """Cards known and a budget given. Stage 0: 48 + 2 GiB of weights + 1 GiB activation = 51 GiB of non-KV on
+    60 GiB requested (80 GiB x 0.75) -> fit 9 GiB - 150 MiB = 9066 MiB. 10 GiB // 3 MiB = 3413 blocks: stage 0
+    allocates 3413 x 3 MiB = 10239 MiB under both rules (0.11: its own blocks; 0.12+: the engine's, also 3413),
+    1173 MiB more than fits. The plan is infeasible: no tokens, no serve line, no gain."""
     cards = [pp.StageCard("80G", 80 * GIB, 0.75)] * 2
     memory = stage_memory((48, 16), GIB, 2 * GIB, 2 * GIB, GIB, 4 * GIB)
-    settings = KvSettings(vllm_version="0.11", max_model_len=4096)
+    settings = KvSettings(vllm_version=version, max_model_len=4096)
     plan = pp.plan_pp_split(dense_spec(), settings, (48, 16), cards=cards, non_kv=memory,
                             layer_weights_bytes=[GIB] * 64, kv_cache_memory_bytes=10 * GIB)
     assert plan.uniform_given
-    assert [s.fits_uniform for s in plan.stages] == [False, True]   # stage 0 fits 9 GiB - 150 MiB
-    assert any("stage 0" in w for w in plan.warnings)
+    assert [s.fits_uniform for s in plan.stages] == [False, True]
+    assert plan.stages[0].fit_kv_cache_memory_bytes == 9066 * MIB
+    assert plan.feasible is False
+    assert plan.shortfalls == (pp.StageShortfall(0, 10239 * MIB, 9066 * MIB, 1173 * MIB),)
+    assert plan.shortfalls[0].non_kv_fits
+    assert (plan.uniform.num_blocks, plan.uniform.tokens, plan.uniform.max_concurrency) == (0, 0, 0.0)
+    assert plan.uniform.kv_cache_memory_bytes == 10 * GIB and plan.command is None
+    assert plan.proportional_saved_bytes is None
+    # the suggestion makes it fit (partition and budget) and counts no gain against the infeasible plan
+    suggestion = plan.suggestion
+    assert suggestion.makes_feasible and suggestion.gain_tokens is None and suggestion.gain_percent is None
+    assert suggestion.capacity.num_blocks > 0
+
+
+def test_given_budget_that_fits_the_cards():
+    """The same cards with 8 GiB: stage 0 allocates 2730 x 3 MiB = 8190 MiB <= 9066 MiB: feasible, 43680 tokens."""
+    cards = [pp.StageCard("80G", 80 * GIB, 0.75)] * 2
+    memory = stage_memory((48, 16), GIB, 2 * GIB, 2 * GIB, GIB, 4 * GIB)
+    plan = pp.plan_pp_split(dense_spec(), KvSettings(vllm_version="0.11", max_model_len=4096), (48, 16),
+                            cards=cards, non_kv=memory, layer_weights_bytes=[GIB] * 64, kv_cache_memory_bytes=8 * GIB)
+    assert plan.feasible is True and plan.shortfalls == ()
+    assert plan.uniform.num_blocks == 2730 and plan.uniform.tokens == 2730 * 16
+    assert plan.suggestion.gain_tokens == plan.suggestion.capacity.tokens - 2730 * 16
+    assert not plan.suggestion.makes_feasible
+
+
+def test_given_budget_on_a_stage_whose_weights_overflow_its_card():
+    """The reviewer's case in small: 24 GiB x 0.75 = 18432 MiB requested, 48 x 400 MiB = 19200 MiB of weights on
+    stage 0 -> fit 18432 - 19200 - 150 = -918 MiB. A 1 GiB budget (0.33): the engine's 1024 // 3 = 341 blocks x
+    3 MiB = 1023 MiB on stage 0, 1941 MiB over. Before: 341 x 16 = 5456 tokens reported, exit 0."""
+    cards = [pp.StageCard(None, 24 * GIB, 0.75)] * 2
+    memory = stage_memory((48, 16), 400 * MIB, 0, 0, 0, 0)
+    plan = pp.plan_pp_split(dense_spec(), KvSettings(vllm_version="0.33", max_model_len=4096), (48, 16),
+                            cards=cards, non_kv=memory, layer_weights_bytes=[400 * MIB] * 64,
+                            kv_cache_memory_bytes=GIB)
+    assert plan.feasible is False
+    assert plan.shortfalls == (pp.StageShortfall(0, 1023 * MIB, -918 * MIB, 1941 * MIB),)
+    assert not plan.shortfalls[0].non_kv_fits
+    assert plan.uniform.tokens == 0 and plan.command is None
+    assert plan.suggestion.makes_feasible and plan.suggestion.gain_tokens is None
+    assert plan.suggestion.partition == (32, 32)    # the even split: 32 x 400 MiB leaves the most on both
+
+
+def test_budget_mode_checks_nothing():
+    """No cards: the given budget is assumed to fit; feasibility is unknown (None), not claimed."""
+    plan = pp.plan_pp_split(dense_spec(), KvSettings(max_model_len=4096), (48, 16), kv_cache_memory_bytes=8 * GIB)
+    assert plan.feasible is None and plan.shortfalls == ()
+    assert plan.suggestion.gain_tokens == 0 or plan.suggestion.gain_tokens > 0
 
 
 def test_no_card_and_no_budget_is_bad_input():
@@ -353,6 +403,10 @@ def test_partition_that_does_not_fit():
     assert plan.uniform.kv_cache_memory_bytes is None
     assert plan.command is None
     assert plan.stages[0].idle_bytes_uniform is None
+    # stage 0: 12288 - 19200 - 150 MiB = -7062 MiB of fit, no KV budget: 7062 MiB over with its non-KV alone
+    assert plan.feasible is False
+    assert plan.shortfalls == (pp.StageShortfall(0, 0, -7062 * MIB, 7062 * MIB),)
+    assert plan.suggestion is None or (plan.suggestion.makes_feasible and plan.suggestion.gain_tokens is None)
     # 32,32: (12288 - 12800 ...) no; the best even-ish split fits: 12288 - 150 - 400 l >= 0 needs l <= 30
     assert plan.suggestion is None or max(plan.suggestion.partition) <= 30
 
@@ -378,8 +432,33 @@ def test_estimated_stage_extras():
     assert memory[0].weights_bytes == sum(layers[:32]) + embedding
     assert memory[1].weights_bytes == sum(layers[32:]) + embedding + 5120 * 2
     assert memory[0].method == memory[1].method == "estimated"
-    # the sampler's logits live on the last stage only: 1024 rows (80 GiB card defaults) x vocab x 20 B
-    assert memory[1].activation_peak_bytes - memory[0].activation_peak_bytes == 1024 * 151936 * 20
+
+
+def test_parameter_count_activation_is_the_estimate_engines_formula():
+    """--parameter-counts uses the estimate engine's analytic formula (one formula, not a third) at vLLM's
+    default profile batch (plan/dummy.vllm_default_batch, A100 exception included), plus the cuBLAS workspace.
+
+    A100-80GB (ampere): vLLM keeps 2048 tokens / 256 seqs ("a100" not in name is false). First stage by hand:
+    forward = 2048 tokens x 2 B x (4 x 5120 + max(attention (64 + 2 x 8) x 128 x 2 = 20480, MLP 3 x 25600 =
+    76800)) = 398458880; workspace 4096 KiB x 2 + 16 KiB x 8 = 8519680 (Ampere). H100 (hopper): 8192 / 1024
+    and 32 MiB. The last stage adds the sampler exactly as analytic_activation_bytes counts it."""
+    from kvadvise.estimate.activation import analytic_activation_bytes
+    from kvadvise.plan.dummy import plan_dummy_run
+
+    spec = dense_spec()
+    a100 = [pp.StageCard("A100-80GB", 84981841920, 0.9, None, "catalog", "ampere")] * 2
+    memory, _ = pp.estimate_stage_non_kv(spec, (32, 32), a100, KvSettings(vllm_version="0.11"))
+    assert memory[0].activation_peak_bytes == 2048 * 2 * (4 * 5120 + 76800) + 8519680 == 406978560
+    assert memory[1].activation_peak_bytes == analytic_activation_bytes(
+        spec, plan_dummy_run(2048, 256), dtype="bfloat16", run_sampler=True) + 8519680
+    h100 = [pp.StageCard("H100-80GB-SXM", 85027979264, 0.9, None, "catalog", "hopper")] * 2
+    memory, _ = pp.estimate_stage_non_kv(spec, (32, 32), h100, KvSettings(vllm_version="0.11"))
+    assert memory[0].activation_peak_bytes == 8192 * 2 * (4 * 5120 + 76800) + 32 * MIB
+    assert memory[1].activation_peak_bytes == analytic_activation_bytes(
+        spec, plan_dummy_run(8192, 1024), dtype="bfloat16", run_sampler=True) + 32 * MIB
+    # the sampler's share is not below the analytic formula's 28 B per row x vocabulary entry (the old
+    # parameter-count rule counted 20 B: the unsafe side)
+    assert memory[1].activation_peak_bytes - memory[0].activation_peak_bytes >= 1024 * 151936 * 28
 
 
 # ------------------------------------------------------------------ weights of moved layers from the stages

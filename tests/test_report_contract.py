@@ -65,3 +65,14 @@ def test_unwritable_output_is_bad_input(tmp_path, where):
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: --output {target}: cannot write the report")
     assert "Traceback" not in result.output
+
+
+def test_strict_validation_finds_undeclared_keys():
+    schema = {"allOf": [{"$ref": "common.json#/$defs/envelope"},
+                        {"type": "object", "properties": {"result": {"type": "object", "properties": {"a": {}}},
+                                                          "table": {"type": "object",
+                                                                    "additionalProperties": {"type": "integer"}}}}]}
+    document = make_document("x", {}, {"result": {"a": 1, "b": 2}, "table": {"any": 1}, "extra": True})
+    assert validate(document, schema, file_name="common.json") == []
+    assert sorted(validate(document, schema, file_name="common.json", strict=True)) == [
+        "$.result: key 'b' is not in the schema", "$: key 'extra' is not in the schema"]

@@ -332,7 +332,7 @@ def pp_split(
         from kvadvise.plan import pp
         from kvadvise.plan.kv import KvSettings
         from kvadvise.report.common import make_document
-        from kvadvise.report.pp_split import pp_split_json, pp_split_renderer
+        from kvadvise.report.pp_split import infeasible_text, pp_split_json, pp_split_renderer
         from kvadvise.units import parse_bytes, parse_bytes_list
 
         profiles = [p for text in (stage_profile or []) for p in str(text).split(",") if p.strip()]
@@ -390,13 +390,13 @@ def pp_split(
                 if any(not n for n in names):
                     raise InputError(f"--gpu: cannot read {gpu!r} as a comma-separated list of card names")
                 found = _per_stage([lookup_gpu(n) for n in names], stages, "--gpu")
-                totals = [(g.key, g.total_bytes, "catalog") for g in found]
+                totals = [(g.key, g.total_bytes, "catalog", g.family) for g in found]
             else:
                 sizes = _per_stage(parse_bytes_list(gpu_memory, what="--gpu-memory"), stages, "--gpu-memory")
-                totals = [(None, size, "gpu-memory option") for size in sizes]
+                totals = [(None, size, "gpu-memory option", None) for size in sizes]
             utils = _per_stage(utilizations or [0.9], stages, "--util")
-            named_cards = [pp.StageCard(name, total, u, None, source)
-                           for (name, total, source), u in zip(totals, utils)]
+            named_cards = [pp.StageCard(name, total, u, None, source, family)
+                           for (name, total, source, family), u in zip(totals, utils)]
         # measured here: a CUDA device, no --estimate, and something to plan (cards or none: the local card)
         local = None
         if not profiles and not (estimate or parameter_counts) and (named_cards is not None or budget is None) \
@@ -457,8 +457,12 @@ def pp_split(
                     spec, split, cards, settings, max_num_batched_tokens=settings.max_num_batched_tokens,
                     max_num_seqs=seqs)
                 way = "estimated (parameter counts)"
-                warnings.append("non-KV memory estimated from parameter counts (activation, non-torch and CUDA-graph "
-                                "terms are rules of thumb): measure with --stage-profile")
+                warnings.append("non-KV memory estimated from parameter counts (the activation is the estimate "
+                                "engine's analytic formula; non-torch and CUDA-graph terms are rules of thumb): "
+                                "measure with --stage-profile")
+                if any(card.family is None for card in cards):
+                    warnings.append("a card's family is not known (--gpu-memory): its cuBLAS workspace is counted "
+                                    "as the largest, 32 MiB Hopper/Blackwell figure")
         elif budget is None:
             raise InputError("no card: say which GPU each stage runs on",
                              hint="pass --gpu NAME (one, or one per stage), --gpu-memory 16GiB,32GiB, "
@@ -512,11 +516,16 @@ def pp_split(
         }
         document = make_document("pp-split", inputs, pp_split_json(plan, way), warnings)
         error = None
-        if plan.mode == "memory" and plan.uniform.kv_cache_memory_bytes is None:
-            hint = (f"the suggested partition {','.join(map(str, plan.suggestion.partition))} fits"
-                    if plan.suggestion else "use larger cards, more stages or a quantized checkpoint")
-            error = InputError("the partition does not fit: some stage has no memory left for the KV cache",
-                               hint=hint)
+        if plan.feasible is False:
+            suggestion = plan.suggestion
+            if suggestion is None:
+                hint = "use larger cards, more stages or a quantized checkpoint"
+            else:
+                which = ("this partition" if suggestion.already_optimal
+                         else f"partition {','.join(map(str, suggestion.partition))}")
+                hint = (f"{which} fits with --kv-cache-memory-bytes {suggestion.capacity.kv_cache_memory_bytes} "
+                        "(see the report)")
+            error = InputError(infeasible_text(plan), hint=hint)
         return Outcome(document=document, render=pp_split_renderer(document),
                        tokens=plan.uniform.tokens, concurrency=plan.uniform.max_concurrency, error=error)
 

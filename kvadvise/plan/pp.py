@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence
 
 from kvadvise.errors import InputError
 from kvadvise.model.spec import ModelSpec
-from kvadvise.plan.advice import (DeviceBudget, NonKvMemory, _version_key, advise,
+from kvadvise.plan.advice import (DeviceBudget, NonKvMemory, _version_key, advise, served_model_name,
                                   vllm_serve_command)
 from kvadvise.plan.kv import KvLayout, KvSettings, capacity_from_blocks, kv_capacity, kv_layout
 
@@ -610,9 +610,12 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
     if cards is not None:
         utilization = min(card.gpu_memory_utilization for card in cards)
 
+    # what vLLM can serve: a hub id or directory as given; a config file by its hub id, else MODEL (a warning)
+    served_name, served_warning = served_model_name(spec.model_id, spec.raw_config)
+
     def serve_line(split: Sequence[int], budget: int) -> str:
         env = {"VLLM_PP_LAYER_PARTITION": ",".join(map(str, split))} if n > 1 else {}
-        return vllm_serve_command(spec.model_id, budget, gpu_memory_utilization=utilization,
+        return vllm_serve_command(served_name, budget, gpu_memory_utilization=utilization,
                                   tensor_parallel_size=settings.tensor_parallel_size,
                                   pipeline_parallel_size=n, max_model_len=settings.max_model_len,
                                   kv_cache_dtype=settings.kv_cache_dtype, block_size=settings.block_size,
@@ -642,9 +645,16 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
                 already_optimal=already, layers_moved=moved, command=serve_line(split, budget),
                 stage_fit_kv_cache_memory_bytes=tuple(split_fits) if mode == "memory" else (None,) * n,
                 makes_feasible=feasible is False)
+            # (an already-optimal split that repeats the uniform plan's own warning is not warned twice)
+            if not suggested.fits_one_request and not (already and usable and not uniform.fits_one_request):
+                warnings.append(f"the suggested plan holds {suggested.tokens:,} tokens: one request of "
+                                f"{whole.max_model_len:,} tokens does not fit, vLLM would refuse to start "
+                                "(lower --max-model-len)")
         else:
             warnings.append("no partition fits: every split leaves some stage without memory for its weights")
 
+    if served_warning and (usable or suggestion is not None):
+        warnings.append(served_warning)
     idle_kind = "left_idle" if shrink else "reserved_unusable"
     return PpPlan(
         model_id=spec.model_id, num_layers=num_layers, partition=partition, vllm_version=version,

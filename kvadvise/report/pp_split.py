@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from kvadvise.plan.pp import EngineCapacity, PpPlan
+from kvadvise.plan.pp import EngineCapacity, PpPlan, StageShortfall
 from kvadvise.report.common import bytes_text, concurrency_text, gib, tokens_text
 
 
@@ -15,6 +15,24 @@ def _capacity(capacity: EngineCapacity) -> dict[str, Any]:
     return {"kv_cache_memory_bytes": capacity.kv_cache_memory_bytes, "num_blocks": capacity.num_blocks,
             "tokens": capacity.tokens, "max_concurrency": capacity.max_concurrency,
             "fits_one_request": capacity.fits_one_request}
+
+
+def shortfall_text(shortfall: StageShortfall) -> str:
+    """One stage's shortfall for people: which stage, what overflows, by how much."""
+    stage, fit = shortfall.stage, shortfall.fit_kv_cache_memory_bytes
+    if not shortfall.non_kv_fits:
+        text = (f"stage {stage}: its non-KV memory alone exceeds the requested memory (less vLLM's 150 MiB "
+                f"buffer) by {gib(-fit)}")
+        if shortfall.kv_cache_bytes > 0:
+            text += f"; with its {gib(shortfall.kv_cache_bytes)} of KV cache, {gib(shortfall.over_bytes)} over"
+        return text
+    return (f"stage {stage}: its share of the budget, {gib(shortfall.kv_cache_bytes)} of KV cache, exceeds the "
+            f"{gib(fit)} that fit by {gib(shortfall.over_bytes)}")
+
+
+def infeasible_text(plan: PpPlan) -> str:
+    """The one error line of a plan that does not fit its cards."""
+    return "the partition does not fit its cards: " + "; ".join(shortfall_text(s) for s in plan.shortfalls)
 
 
 def pp_split_json(plan: PpPlan, non_kv_way: str) -> dict[str, Any]:
@@ -61,11 +79,16 @@ def pp_split_json(plan: PpPlan, non_kv_way: str) -> dict[str, Any]:
         "non_kv_method": non_kv_way,
         "moved_layer_weights": {"method": plan.layer_weights_method, "source": plan.layer_weights_source},
         "max_model_len": plan.max_model_len,
+        "feasible": plan.feasible,
+        "shortfalls": [{"stage": f.stage, "kv_cache_bytes": f.kv_cache_bytes,
+                        "fit_kv_cache_memory_bytes": f.fit_kv_cache_memory_bytes, "over_bytes": f.over_bytes,
+                        "non_kv_fits": f.non_kv_fits} for f in plan.shortfalls],
         "stages": stages,
         "uniform": {**_capacity(plan.uniform), "given": plan.uniform_given, "idle_kind": plan.idle_kind,
                     "idle_bytes": None if None in idle else sum(idle), "command": plan.command},
         "proportional": {**_capacity(plan.proportional), "saved_bytes": plan.proportional_saved_bytes,
-                         "gain_tokens": plan.proportional.tokens - plan.uniform.tokens},
+                         "gain_tokens": (None if plan.feasible is False
+                                         else plan.proportional.tokens - plan.uniform.tokens)},
         "bottleneck_stage": plan.bottleneck_stage,
         "suggested_partition": list(suggestion.partition) if suggestion else None,
         "suggested_tokens": suggestion.capacity.tokens if suggestion else None,
@@ -75,6 +98,7 @@ def pp_split_json(plan: PpPlan, non_kv_way: str) -> dict[str, Any]:
             "gain_tokens": suggestion.gain_tokens,
             "gain_percent": suggestion.gain_percent,
             "already_optimal": suggestion.already_optimal,
+            "makes_feasible": suggestion.makes_feasible,
             "layers_moved": suggestion.layers_moved,
             "stage_fit_kv_cache_memory_bytes": list(suggestion.stage_fit_kv_cache_memory_bytes),
             "command": suggestion.command,
@@ -116,19 +140,36 @@ def pp_split_renderer(document: dict[str, Any]) -> Callable[[Any], None]:
         idle_word = ("reserved but unusable" if uniform["idle_kind"] == "reserved_unusable"
                      else "left idle (not allocated)")
         source = "given" if uniform["given"] else "largest safe on every stage"
-        console.print(f"[bold]Uniform[/bold] (one --kv-cache-memory-bytes for every stage, {source}): "
-                      f"{bytes_text(uniform['kv_cache_memory_bytes'])} B ({gib(uniform['kv_cache_memory_bytes'])})"
-                      f" -> {tokens_text(uniform['tokens'])} tokens, {concurrency_text(uniform['max_concurrency'])}"
-                      f" at {document['max_model_len']:,}; {gib(uniform['idle_bytes'])} {idle_word}")
-        saved = (f"frees {gib(proportional['saved_bytes'])} against uniform at the same capacity"
-                 if uniform["idle_kind"] == "reserved_unusable" else
-                 f"budgets {gib(proportional['saved_bytes'])} smaller than uniform at the same capacity "
-                 "(this vLLM already leaves that memory unallocated)")
+        feasible = document["feasible"] is not False
+        if feasible:
+            console.print(f"[bold]Uniform[/bold] (one --kv-cache-memory-bytes for every stage, {source}): "
+                          f"{bytes_text(uniform['kv_cache_memory_bytes'])} B "
+                          f"({gib(uniform['kv_cache_memory_bytes'])}) -> {tokens_text(uniform['tokens'])} tokens, "
+                          f"{concurrency_text(uniform['max_concurrency'])} at {document['max_model_len']:,}; "
+                          f"{gib(uniform['idle_bytes'])} {idle_word}")
+            saved = (f"frees {gib(proportional['saved_bytes'])} against uniform at the same capacity"
+                     if uniform["idle_kind"] == "reserved_unusable" else
+                     f"budgets {gib(proportional['saved_bytes'])} smaller than uniform at the same capacity "
+                     "(this vLLM already leaves that memory unallocated)")
+        else:
+            budget = ("" if uniform["kv_cache_memory_bytes"] is None else
+                      f" with {bytes_text(uniform['kv_cache_memory_bytes'])} B "
+                      f"({gib(uniform['kv_cache_memory_bytes'])})")
+            console.print(f"[bold]Does not fit[/bold]: partition {','.join(map(str, document['partition']))}"
+                          f"{budget} overflows stage(s) "
+                          f"{', '.join(str(f['stage']) for f in document['shortfalls'])}; vLLM would not start")
+            saved = "no gain is counted against a plan that does not fit"
         console.print(f"[bold]Proportional[/bold] (budget per stage in proportion to its layers): "
                       f"{tokens_text(proportional['tokens'])} tokens; {saved}")
         suggestion = document["suggestion"]
         if suggestion is None:
             console.print("No partition fits these cards.")
+        elif suggestion["makes_feasible"]:
+            same = "the given partition" if suggestion["already_optimal"] else "suggested partition"
+            console.print(f"[bold]What fits these cards[/bold]: {same} {','.join(map(str, suggestion['partition']))}"
+                          f" with --kv-cache-memory-bytes {suggestion['kv_cache_memory_bytes']} "
+                          f"({gib(suggestion['kv_cache_memory_bytes'])}): {tokens_text(suggestion['tokens'])} tokens "
+                          f"({suggestion['layers_moved']} layers moved)")
         elif suggestion["already_optimal"]:
             console.print(f"[bold]Partition[/bold] {','.join(map(str, suggestion['partition']))} is already "
                           f"optimal: {tokens_text(suggestion['tokens'])} tokens")
@@ -141,13 +182,12 @@ def pp_split_renderer(document: dict[str, Any]) -> Callable[[Any], None]:
         if uniform["command"]:
             console.print("Given partition:", style="bold")
             console.print(uniform["command"], markup=False, soft_wrap=True)
-        if suggestion is not None and not suggestion["already_optimal"]:
+        if suggestion is not None and (suggestion["makes_feasible"] or not suggestion["already_optimal"]):
             console.print("Suggested:", style="bold")
             console.print(suggestion["command"], markup=False, soft_wrap=True)
         moved = document["moved_layer_weights"]
         if suggestion is not None and moved["source"]:
             console.print(f"Weights of moved layers: {moved['method']}, from {moved['source']}.")
-        for warning in document["warnings"]:
-            console.print(f"warning: {warning}", markup=False, style="yellow")
+        # warnings: commands/_common.execute prints the document's warnings on stderr (never here, on stdout)
 
     return render

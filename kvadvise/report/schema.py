@@ -43,14 +43,53 @@ def _resolve(ref: str, current_file: str) -> tuple[dict[str, Any], str]:
     return node, file_name
 
 
-def validate(document: Any, schema: dict[str, Any] | str, *, file_name: str | None = None) -> list[str]:
-    """Return a list of problems (empty when the document conforms)."""
+def validate(document: Any, schema: dict[str, Any] | str, *, file_name: str | None = None,
+             strict: bool = False) -> list[str]:
+    """Return a list of problems (empty when the document conforms).
+
+    strict: also report every object key that no schema part names (where additionalProperties is not
+    given explicitly), so a schema must document every key a command emits.
+    """
     if isinstance(schema, str):
         file_name = schema if schema.endswith(".json") else f"{schema}.json"
         schema = load_schema(file_name)
     problems: list[str] = []
     _check(document, schema, "$", file_name or "", problems)
+    if strict:
+        _undeclared(document, [(schema, file_name or "")], "$", problems)
     return problems
+
+
+def _parts(schema: dict[str, Any], file_name: str) -> list[tuple[dict[str, Any], str]]:
+    """The schema and everything it pulls in through $ref and allOf, each with the file it lives in."""
+    if "$ref" in schema:
+        target, target_file = _resolve(schema["$ref"], file_name)
+        return _parts(target, target_file)
+    found = [(schema, file_name)]
+    for part in schema.get("allOf", []):
+        found += _parts(part, file_name)
+    return found
+
+
+def _undeclared(value: Any, nodes: list[tuple[dict[str, Any], str]], where: str, problems: list[str]) -> None:
+    parts = [part for node, file_name in nodes for part in _parts(node, file_name)]
+    if isinstance(value, dict):
+        open_map = [(part["additionalProperties"], f) for part, f in parts
+                    if isinstance(part.get("additionalProperties"), dict)]
+        explicit = any("additionalProperties" in part for part, _ in parts)
+        for key, item in value.items():
+            named = [(part["properties"][key], f) for part, f in parts if key in part.get("properties", {})]
+            if named:
+                _undeclared(item, named, f"{where}.{key}", problems)
+            elif open_map:
+                _undeclared(item, open_map, f"{where}.{key}", problems)
+            elif not explicit:
+                problems.append(f"{where}: key {key!r} is not in the schema")
+    elif isinstance(value, list):
+        items = [(part["items"], f) for part, f in parts if "items" in part]
+        for index, item in enumerate(value):
+            if items:
+                _undeclared(item, items, f"{where}[{index}]", problems)
 
 
 def _check(value: Any, schema: dict[str, Any], where: str, file_name: str, problems: list[str]) -> None:
