@@ -115,21 +115,9 @@ def _local_cuda_device():
             return None
     except ImportError:
         return None
-    cuda = devices.CudaDevice(0)
+    from kvadvise.profile.nvml import read_nvml_for
 
-    def nvml_reader(device):
-        from kvadvise.profile.nvml import read_nvml
-
-        try:
-            uuid = device.uuid()
-        except Exception:
-            uuid = None
-        if uuid:
-            return read_nvml(uuid=uuid)
-        # NVML numbers devices physically; CUDA_VISIBLE_DEVICES renumbers them: by index only without it
-        return None if os.environ.get("CUDA_VISIBLE_DEVICES") else read_nvml(index=device.index)
-
-    return cuda, nvml_reader
+    return devices.CudaDevice(0), read_nvml_for
 
 
 def _stage_workload(spec, stage_settings, device):

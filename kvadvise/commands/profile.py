@@ -304,22 +304,9 @@ def _make_device(kind: str, index: Optional[int], target: Any) -> tuple[Any, Any
     if index is None or index >= count:
         raise InputError(f"--device cuda:{index}: only {count} CUDA device(s) visible",
                          hint=f"use cuda:0 .. cuda:{count - 1}")
-    cuda = devices.CudaDevice(index)
+    from kvadvise.profile.nvml import read_nvml_for
 
-    def nvml_reader(device: Any) -> Any:
-        from kvadvise.profile.nvml import read_nvml
-
-        import os
-
-        try:
-            uuid = device.uuid()
-        except Exception:
-            uuid = None
-        if uuid:
-            return read_nvml(uuid=uuid)
-        # NVML numbers devices physically; CUDA_VISIBLE_DEVICES renumbers them: match by index only without it
-        return None if os.environ.get("CUDA_VISIBLE_DEVICES") else read_nvml(index=device.index)
-    return cuda, nvml_reader
+    return devices.CudaDevice(index), read_nvml_for
 
 
 def register(app: typer.Typer) -> None:

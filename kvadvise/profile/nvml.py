@@ -97,6 +97,18 @@ def read_nvml(*, uuid: Optional[str] = None, index: Optional[int] = None, nvml: 
             pass
 
 
+def read_nvml_for(device: Any) -> Optional[Any]:
+    """NVML's view of a CUDA device (by UUID; by index only when CUDA_VISIBLE_DEVICES does not renumber)."""
+    try:
+        uuid = device.uuid()
+    except Exception:
+        uuid = None
+    if uuid:
+        return read_nvml(uuid=uuid)
+    # NVML numbers devices physically; CUDA_VISIBLE_DEVICES renumbers them: match by index only without it
+    return None if os.environ.get("CUDA_VISIBLE_DEVICES") else read_nvml(index=device.index)
+
+
 def _optional(read: Any) -> Any:
     try:
         return read()
