@@ -133,7 +133,7 @@ def test_analytic_formula_by_hand():
     attention = (4 + 2 * 2) * 16 * 2                        # 256
     mlp = 3 * 128                                          # 384
     forward = 192 * 2 * (4 * 64 + max(attention, mlp))     # 245,760
-    sampler = 12 * 512 * (2 + 4 + 4 + 8 + 1 + 4 + 1 + 4) + 12 * 64 * 2
+    sampler = 12 * 512 * (2 + 34) + 12 * 64 * 2               # 34 B an entry: the traced sampler (test below)
     assert analytic_activation_bytes(spec, PLAN, dtype="bfloat16") == forward + sampler
     # the analytic figure is within a factor of 2 of the trace on this model (it is only a fallback)
     traced = estimate_activation(spec, PLAN, dtype="bfloat16", shape=ShardShape(), run_sampler=True,
@@ -171,3 +171,25 @@ def test_decode_pool_trace_equals_the_real_decode_step(name):
     assert pool == real > 0
     graphs = estimate_graphs(model, spec, [24, 16, 8, 4, 2, 1], shape=ShardShape(), fake_mode=fake_mode)
     assert graphs.cuda_graph_bytes == pool + 6 * GRAPH_BYTES_PER_SIZE
+
+
+@pytest.mark.parametrize("rows, vocab, hidden", [(256, 128256, 4096), (1024, 152064, 5120)])
+def test_analytic_sampler_term_matches_the_traced_sampler(rows, vocab, hidden):
+    """The fallback formula's sampler share (R x V x (b + 34) + R x H x b) against the mirrored sampler
+    traced under fake tensors (a second method): within 0.1%."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from kvadvise.estimate.activation import SAMPLER_BYTES_PER_ENTRY
+    from kvadvise.profile.sampler import dummy_sampler_run
+    from kvadvise.profile.tracker import LiveBytesTracker
+
+    with FakeTensorMode():
+        hidden_states = torch.empty(rows, hidden, dtype=torch.bfloat16)
+        lm_head = torch.empty(vocab, hidden, dtype=torch.bfloat16)
+        with LiveBytesTracker() as tracker:
+            start = tracker.current_bytes
+            dummy_sampler_run(hidden_states, lambda h: (h @ lm_head.t()).float())
+            traced = tracker.peak_bytes - start
+    formula = rows * vocab * (2 + SAMPLER_BYTES_PER_ENTRY) + rows * hidden * 2
+    assert abs(formula - traced) / traced < 0.001, (formula, traced)

@@ -146,6 +146,10 @@ def estimate_activation(spec: Any, plan: Any, *, dtype: str, shape: Any, run_sam
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
+# bytes per row and vocabulary entry at the mirrored sampler's peak, beyond the logits in the model dtype
+SAMPLER_BYTES_PER_ENTRY = 34
+
+
 def analytic_activation_bytes(spec: Any, plan: Any, *, dtype: str, tensor_parallel_size: int = 1,
                               run_sampler: bool = True) -> int:
     """The documented fallback formula (per TP rank), in bytes:
@@ -154,8 +158,10 @@ def analytic_activation_bytes(spec: Any, plan: Any, *, dtype: str, tensor_parall
       attention = (heads + 2 kv heads) x head size / tp x 2 (q, k, v and the output buffer, twice for
       rotary copies); mlp = 3 x intermediate / tp (gate, up, activation product) for dense layers,
       for MoE: top-k x (3 x moe intermediate / tp + H) (vLLM fused_moe caches) + experts (router logits, f32);
-    sampler = R x V x (b + 4 + 4 + 8 + 1 + 4 + 1 + 4) (kvadvise/profile/sampler.py's peak per row and
-      vocabulary entry), R = requests; plus the R x H last hidden states.
+    sampler = R x V x (b + 34) + R x H x b, R = requests, V = vocabulary: the peak of the mirrored vLLM 0.11
+      sampler (kvadvise/profile/sampler.py) per row and vocabulary entry, traced: the logits in the model
+      dtype and in float32, the sorted values (float32) and indices (int64), the CUDA sort's workspace and
+      the masks (tests/test_estimate_activation.py checks this against the traced sampler).
     """
     b = DTYPE_BYTES.get(dtype, 2)
     tokens = plan.num_tokens
@@ -174,5 +180,5 @@ def analytic_activation_bytes(spec: Any, plan: Any, *, dtype: str, tensor_parall
     sampler = 0
     if run_sampler:
         rows = plan.sampler_rows
-        sampler = rows * spec.vocab_size * (b + 4 + 4 + 8 + 1 + 4 + 1 + 4) + rows * hidden * b
+        sampler = rows * spec.vocab_size * (b + SAMPLER_BYTES_PER_ENTRY) + rows * hidden * b
     return forward + sampler
