@@ -180,8 +180,7 @@ def test_analytic_sampler_term_matches_the_traced_sampler(rows, vocab, hidden):
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from kvadvise.estimate.activation import SAMPLER_BYTES_PER_ENTRY
-    from kvadvise.profile.sampler import dummy_sampler_run
+    from kvadvise.profile.sampler import SAMPLER_BYTES_PER_ENTRY, dummy_sampler_run
     from kvadvise.profile.tracker import LiveBytesTracker
 
     with FakeTensorMode():

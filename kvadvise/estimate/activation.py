@@ -146,10 +146,6 @@ def estimate_activation(spec: Any, plan: Any, *, dtype: str, shape: Any, run_sam
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
-# bytes per row and vocabulary entry at the mirrored sampler's peak, beyond the logits in the model dtype
-SAMPLER_BYTES_PER_ENTRY = 34
-
-
 def analytic_activation_bytes(spec: Any, plan: Any, *, dtype: str, tensor_parallel_size: int = 1,
                               run_sampler: bool = True) -> int:
     """The documented fallback formula (per TP rank), in bytes:
@@ -180,5 +176,7 @@ def analytic_activation_bytes(spec: Any, plan: Any, *, dtype: str, tensor_parall
     sampler = 0
     if run_sampler:
         rows = plan.sampler_rows
+        from kvadvise.profile.sampler import SAMPLER_BYTES_PER_ENTRY  # a constant: no torch import
+
         sampler = rows * spec.vocab_size * (b + SAMPLER_BYTES_PER_ENTRY) + rows * hidden * b
     return forward + sampler

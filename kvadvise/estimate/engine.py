@@ -121,7 +121,7 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
     from kvadvise.plan import dummy
     from kvadvise.profile import session
     from kvadvise.profile.build import ShardShape, resolve_dtype
-    from kvadvise.profile.sampler import sampler_rule
+    from kvadvise.profile.sampler import sampler_warning
 
     warnings: list[str] = []
     shape = ShardShape(tensor_parallel_size=settings.tensor_parallel_size, partition=settings.partition,
@@ -156,11 +156,9 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
 
     # ---- peak activation: the runner's dummy run under fake tensors
     run_sampler = shape.is_last_stage
-    rule, own = sampler_rule(settings.vllm_version)
-    if run_sampler and not own:
-        warnings.append(f"the dummy sampler follows vLLM {rule}'s (v1 PyTorch top-k/top-p path); vLLM "
-                        f"{settings.vllm_version}'s own sampler is not mirrored, so its activation peak may "
-                        "differ by the sampler's share (float32 logits, sort, masks)")
+    warning = sampler_warning(settings.vllm_version, plan.sampler_rows, spec.vocab_size)
+    if run_sampler and warning:
+        warnings.append(warning)
     # vLLM's first matmul allocates the cuBLAS workspace inside its profile run: part of its activation peak
     cublas, cublas_known = dummy.cublas_workspace_bytes_for_family(card.family)
     if not cublas_known:

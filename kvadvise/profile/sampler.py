@@ -38,6 +38,9 @@ MIRRORED_VERSIONS = ("0.10.2", "0.11", "0.12")
 
 # mirrors vLLM 0.11 v1/sample/sampler.py _SAMPLING_EPS
 _SAMPLING_EPS = 1e-5
+# bytes per row and vocabulary entry at this sampler's traced peak, beyond the logits in the model dtype:
+# float32 logits, sorted values (float32) and indices (int64), the CUDA sort's workspace, the masks
+SAMPLER_BYTES_PER_ENTRY = 34
 
 
 def sampler_rule(vllm_version: str) -> tuple[str, bool]:
@@ -46,6 +49,18 @@ def sampler_rule(vllm_version: str) -> tuple[str, bool]:
     if key in ((0, 10), (0, 11), (0, 12)):
         return "0.11", True
     return "0.11", False
+
+
+def sampler_warning(vllm_version: str, rows: int, vocab_size: int) -> str | None:
+    """The warning for a vLLM version whose own sampler we do not mirror (None when we do), with the size
+    of what is at stake: the mirrored sampler's share of the peak (bf16 logits + SAMPLER_BYTES_PER_ENTRY)."""
+    rule, own = sampler_rule(vllm_version)
+    if own:
+        return None
+    share = rows * vocab_size * (2 + SAMPLER_BYTES_PER_ENTRY)
+    return (f"the dummy sampler follows vLLM {rule}'s (v1 PyTorch top-k/top-p path); vLLM {vllm_version}'s own "
+            f"sampler is not mirrored: the sampler's share of the activation peak ({rows} rows x {vocab_size} "
+            f"vocabulary entries, about {share} bytes) may differ with it")
 
 
 def cuda_sort_workspace_bytes(rows: int, length: int, element_bytes: int) -> list[int]:

@@ -739,18 +739,16 @@ class TorchWorkload:
     def dummy_run(self, num_tokens: int, num_seqs: int) -> None:
         from kvadvise.plan.dummy import plan_dummy_run
         from kvadvise.profile.runner import dummy_run
-        from kvadvise.profile.sampler import sampler_rule
+        from kvadvise.profile.sampler import sampler_warning
 
         plan = self._plan if self._plan is not None else plan_dummy_run(num_tokens, num_seqs)
         shape = self._shape()
         run_sampler = self.settings.run_sampler
         if run_sampler is None:
             run_sampler = shape.is_last_stage   # vLLM samples on the last pipeline stage only
-        rule, own = sampler_rule(self.settings.vllm_version)
-        if run_sampler and not own:
-            self.warnings.append(f"the dummy sampler follows vLLM {rule}'s (v1 PyTorch top-k/top-p path); vLLM "
-                                 f"{self.settings.vllm_version}'s own sampler is not mirrored, so its activation "
-                                 "peak may differ by the sampler's share (float32 logits, sort, masks)")
+        warning = sampler_warning(self.settings.vllm_version, plan.sampler_rows, self.spec.vocab_size)
+        if run_sampler and warning:
+            self.warnings.append(warning)
         dummy_run(self.model, self.spec, plan, device=self.device.torch_device, run_sampler=run_sampler,
                   sampler_version=self.settings.vllm_version, shape=shape, inputs=self._inputs,
                   cublas_workspace_bytes=self.cublas_workspace_bytes())
