@@ -18,7 +18,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/kvadvise profile examples/tiny-llama --device cpu --load-format dummy --gpu-memory 24GiB --util 0.9
+	$(BIN)/kvadvise profile examples/tiny-llama --device cpu --load-format dummy --gpu L4 --util 0.9
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -144,8 +144,15 @@ def test_cpu_end_to_end_on_real_architectures(name, tmp_path):
 
 
 def test_readme_demo_runs():
-    result = _run([str(EXAMPLE), "--device", "cpu", "--load-format", "dummy", "--gpu-memory", "24GiB",
-                   "--util", "0.9", *SMALL_BATCH])
+    """The Makefile's `demo` recipe, read from the Makefile so this test cannot drift from it (with a
+    smaller batch, to keep the suite fast)."""
+    import shlex
+
+    makefile = (EXAMPLE.parent.parent / "Makefile").read_text()
+    recipe = makefile.split("\ndemo:", 1)[1].splitlines()[1].strip()
+    words = shlex.split(recipe)
+    assert words[0].endswith("kvadvise") and words[1] == "profile" and words[2] == "examples/tiny-llama"
+    result = _run([str(EXAMPLE), *words[3:], *SMALL_BATCH])
     assert result.exit_code == 0, result.output
     for text in ("weights", "peak activation", "non-torch", "CUDA graphs", "--kv-cache-memory-bytes",
                  "vllm serve"):
