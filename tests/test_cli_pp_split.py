@@ -405,7 +405,8 @@ LAYER_32B = 400 * MIB                  # what the scripted workload allocates pe
 def stage_script(stage: int) -> dict:
     """What one stage of 48,16 allocates on the fake card: embedding + 48 layers, 1 GiB activation on stage 0;
     16 layers + final norm (5120 x 2 B) + lm_head, 1 GiB + 2 GiB (sampler) live together on stage 1. Both:
-    64 MiB of driver memory during the run; graph capture of sizes 8,4,2,1 into one pool needing 8 x 1 MiB."""
+    64 MiB of driver memory during the run; graph capture of sizes 8,4,2,1 into one pool: 8 x 1 MiB (a 20 MiB
+    kLargeBuffer segment, sizes 4 and 2 reuse it) and size 1's 1 MiB (a 2 MiB small-pool segment) = 22 MiB."""
     weights = (EMBEDDING_32B,) + (LAYER_32B,) * 48 if stage == 0 else (LAYER_32B,) * 16 + (5120 * 2, EMBEDDING_32B)
     run = (("a", GIB), ("-a",)) if stage == 0 else (("a", GIB), ("b", 2 * GIB), ("-a",), ("-b",))
     return dict(weights=weights, run=run, run_driver_bytes=64 * MIB, static_bytes=40 * MIB,
@@ -457,24 +458,24 @@ def test_measured_here_stage_by_stage_on_the_local_card(monkeypatch):
         assert stage["card"] == "Fake H100 80GB HBM3" and stage["total_bytes"] == 80 * GIB
         assert stage["free_bytes_at_start"] == 80 * GIB - 500 * MIB
         assert stage["gpu_memory_utilization"] == 0.75
-        # graphs: the 8-sequence capture takes an 8 MiB pool segment, the smaller sizes reuse it; the 40 MiB
-        # static buffers are subtracted. Non-torch: the run's 64 MiB of driver memory
-        assert stage["cuda_graph_bytes"] == 8 * MIB and stage["non_torch_bytes"] == 64 * MIB
+        # graphs: the 22 MiB pool of stage_script (the 40 MiB static buffers are allocated before the phase's
+        # first snapshot). Non-torch: the run's 64 MiB of driver memory
+        assert stage["cuda_graph_bytes"] == 22 * MIB and stage["non_torch_bytes"] == 64 * MIB
     # weights = the blocks allocated while loading (all multiples of 512 B); activation = the run's peak
     assert stage0["weights_bytes"] == EMBEDDING_32B + 48 * LAYER_32B
     assert stage1["weights_bytes"] == 16 * LAYER_32B + 5120 * 2 + EMBEDDING_32B
     assert (stage0["activation_peak_bytes"], stage1["activation_peak_bytes"]) == (GIB, 3 * GIB)
-    non_kv0 = EMBEDDING_32B + 48 * LAYER_32B + GIB + 64 * MIB + 8 * MIB
-    non_kv1 = 16 * LAYER_32B + 5120 * 2 + EMBEDDING_32B + 3 * GIB + 64 * MIB + 8 * MIB
+    non_kv0 = EMBEDDING_32B + 48 * LAYER_32B + GIB + 64 * MIB + 22 * MIB
+    non_kv1 = 16 * LAYER_32B + 5120 * 2 + EMBEDDING_32B + 3 * GIB + 64 * MIB + 22 * MIB
     assert (stage0["non_kv_bytes"], stage1["non_kv_bytes"]) == (non_kv0, non_kv1)
-    # fit = 80 GiB x 0.75 - non-KV - 150 MiB (39510.25 MiB and 50262.24 MiB); full from the free at start
+    # fit = 80 GiB x 0.75 - non-KV - 150 MiB (39496.25 MiB and 50248.24 MiB); full from the free at start
     fit0, fit1 = 60 * GIB - non_kv0 - 150 * MIB, 60 * GIB - non_kv1 - 150 * MIB
     assert (stage0["fit_kv_cache_memory_bytes"], stage1["fit_kv_cache_memory_bytes"]) == (fit0, fit1)
     assert stage0["full_kv_cache_memory_bytes"] == 80 * GIB - 500 * MIB - non_kv0 - 150 * MIB
-    # uniform (0.33): stage 0 binds: 48 x 64 KiB = 3 MiB per block -> 39510.25 MiB // 3 MiB = 13170 blocks
-    assert fit0 // (3 * MIB) == 13170
-    assert document["uniform"]["num_blocks"] == 13170
-    assert document["uniform"]["kv_cache_memory_bytes"] == 13170 * 3 * MIB
+    # uniform (0.33): stage 0 binds: 48 x 64 KiB = 3 MiB per block -> 39496.25 MiB // 3 MiB = 13165 blocks
+    assert fit0 // (3 * MIB) == 13165
+    assert document["uniform"]["num_blocks"] == 13165
+    assert document["uniform"]["kv_cache_memory_bytes"] == 13165 * 3 * MIB
     assert document["bottleneck_stage"] == 0
     # moved layers weigh what the card measured per layer (400 MiB), not a parameter count (FP8 checkpoint)
     assert document["moved_layer_weights"]["method"] == "measured"
@@ -534,7 +535,7 @@ def test_measured_here_for_named_cards(monkeypatch):
     assert (stage0["total_bytes"], stage1["total_bytes"]) == (32 * GIB, 48 * GIB)
     assert stage0["methods"]["card"] == "gpu-memory option" and stage0["methods"]["non_kv"] == "measured"
     assert stage0["free_bytes_at_start"] is None and stage0["full_kv_cache_memory_bytes"] is None
-    non_kv0 = EMBEDDING_32B + 48 * LAYER_32B + GIB + 64 * MIB + 8 * MIB
+    non_kv0 = EMBEDDING_32B + 48 * LAYER_32B + GIB + 64 * MIB + 22 * MIB
     assert stage0["fit_kv_cache_memory_bytes"] == 24 * GIB - non_kv0 - 150 * MIB
     assert any("measured on this machine's card" in w for w in document["warnings"])
 

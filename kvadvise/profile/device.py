@@ -99,30 +99,42 @@ def take_snapshot(device: Device) -> MemorySnapshot:
 # ------------------------------------------------------------------ CUDA (real) -----------------------
 
 class CudaDevice:
-    """A CUDA device through torch.cuda. Thin on purpose: every call is one documented torch function."""
+    """A CUDA device through torch.cuda. Thin on purpose: every call is one documented torch function.
+
+    `torch_module` stands in for `torch` in tests (tests/fake_device.FakeTorch: the same names, over a
+    scripted caching allocator); by default torch itself, imported on first use.
+    """
 
     kind = "cuda"
     supports_cuda_graphs = True
     measures_driver_memory = True
 
-    def __init__(self, index: int = 0) -> None:
+    def __init__(self, index: int = 0, *, torch_module: Any = None) -> None:
         self.index = index
         self.torch_device = f"cuda:{index}"
+        self._torch_module = torch_module
+
+    def _torch(self) -> Any:
+        if self._torch_module is None:
+            import torch
+
+            self._torch_module = torch
+        return self._torch_module
 
     def name(self) -> Optional[str]:
-        import torch
-
-        return torch.cuda.get_device_name(self.index)
+        return self._torch().cuda.get_device_name(self.index)
 
     def uuid(self) -> Optional[str]:
-        """The device UUID as NVML spells it ("GPU-..."), to match NVML's handle under CUDA_VISIBLE_DEVICES."""
-        import torch
-
-        uuid = getattr(torch.cuda.get_device_properties(self.index), "uuid", None)
+        """The device UUID without NVML's "GPU-"/"MIG-" prefix (torch's `_CUuuid` prints the bare 8-4-4-4-12
+        form, torch >= 2.4); kvadvise/profile/nvml.py adds the prefix. None when torch does not say."""
+        uuid = getattr(self._torch().cuda.get_device_properties(self.index), "uuid", None)
         if uuid is None:
             return None
         text = str(uuid)
-        return text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
+        for prefix in ("GPU-", "MIG-"):
+            if text.startswith(prefix):
+                return text[len(prefix):]
+        return text
 
     def init(self) -> None:
         """Select the device and create its context, as vLLM's worker has before its start-up snapshot.
@@ -133,93 +145,115 @@ class CudaDevice:
         allocator at the first matmul) is in vLLM's activation peak and the handle's own driver memory in
         its non-torch growth. Creating a cuBLAS handle here would move both into the baseline.
         """
-        import torch
-
-        torch.cuda.set_device(self.index)
-        torch.cuda.init()
-        torch.cuda.mem_get_info(self.index)      # the runtime creates the primary context on this call
-        torch.cuda.synchronize(self.index)
+        cuda = self._torch().cuda
+        cuda.set_device(self.index)
+        cuda.init()
+        cuda.mem_get_info(self.index)      # the runtime creates the primary context on this call
+        cuda.synchronize(self.index)
 
     def release_workspaces(self) -> None:
         """Return torch's cuBLAS workspaces to the allocator (they outlive every tensor otherwise), so that a
         second profile in the same process starts as the first did: its first matmul allocates them again."""
-        import torch
-
-        clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)   # what torch.cuda.graphs calls
+        clear = getattr(self._torch()._C, "_cuda_clearCublasWorkspaces", None)   # torch >= 2.0, undocumented
         if clear is not None:
             clear()
 
     def mem_get_info(self) -> tuple[int, int]:
-        import torch
-
-        free, total = torch.cuda.mem_get_info(self.index)
+        free, total = self._torch().cuda.mem_get_info(self.index)
         return int(free), int(total)
 
     def memory_allocated(self) -> int:
-        import torch
-
-        return int(torch.cuda.memory_allocated(self.index))
+        # memory_stats()["allocated_bytes.all.current"]
+        return int(self._torch().cuda.memory_allocated(self.index))
 
     def memory_reserved(self) -> int:
-        import torch
-
-        return int(torch.cuda.memory_reserved(self.index))
+        # memory_stats()["reserved_bytes.all.current"], what vLLM's MemorySnapshot reads
+        return int(self._torch().cuda.memory_reserved(self.index))
 
     def max_memory_allocated(self) -> int:
-        import torch
-
         # vLLM reads memory_stats()["allocated_bytes.all.peak"]; max_memory_allocated returns the same counter
-        return int(torch.cuda.max_memory_allocated(self.index))
+        return int(self._torch().cuda.max_memory_allocated(self.index))
 
     def reset_peak_memory_stats(self) -> None:
-        import torch
-
-        torch.cuda.reset_peak_memory_stats(self.index)
+        self._torch().cuda.reset_peak_memory_stats(self.index)
 
     def synchronize(self) -> None:
-        import torch
-
-        torch.cuda.synchronize(self.index)
+        self._torch().cuda.synchronize(self.index)
 
     def empty_cache(self) -> None:
         import gc
 
-        import torch
-
         gc.collect()
-        torch.cuda.empty_cache()
+        self._torch().cuda.empty_cache()
 
-    def capture_graphs(self, make_step: StepFactory, sizes: Sequence[int]) -> CapturedGraphs:
-        """Capture one graph per size, largest first, all into one shared memory pool (as vLLM does)."""
-        import torch
+    def capture_graphs(self, make_step: StepFactory, sizes: Sequence[int], *,
+                       keep_outputs: bool = False) -> CapturedGraphs:
+        """Capture one graph per size, largest first, all into one shared memory pool (as vLLM does).
 
-        pool = torch.cuda.graph_pool_handle()
+        Warm-up and capture run on ONE side stream, as vLLM's capture_model does (vllm/distributed/
+        parallel_state.py graph_capture: one stream for the warm-ups and for torch.cuda.graph(stream=...)):
+        torch keeps a cuBLAS workspace per (handle, stream) for as long as the process lives, so a new warm-up
+        stream per size would add one workspace (32 MiB on Hopper) per stream to the measured graph memory,
+        and torch.cuda.graph's documentation asks a capture that shares a pool to use the stream the earlier
+        captures used. A graph's output is not kept (vLLM 0.10-0.11 compilation/cuda_graph.py keeps only
+        weak_ref_tensors of it): its blocks go back to the shared pool for the next, smaller capture, so the
+        pool holds about the largest step, not the sum of every size's output; `keep_outputs` keeps them (to
+        replay and read them, in tests). On failure the graphs captured so far are reset before the error
+        propagates (the caller falls back to an estimate and must find their pool returned).
+        """
+        torch = self._torch()
+        cuda = torch.cuda
+        pool = cuda.graph_pool_handle()
         graphs: list[Any] = []
         keep_alive: list[Any] = []
-        for size in sorted(set(sizes), reverse=True):
-            step = make_step(size)
-            # warm-up on a side stream, as torch.cuda.graph's documentation asks before capture
-            stream = torch.cuda.Stream(self.index)
-            stream.wait_stream(torch.cuda.current_stream(self.index))
-            with torch.cuda.stream(stream):
-                step()
-            torch.cuda.current_stream(self.index).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                output = step()
-            graphs.append(graph)
-            keep_alive.append((step, output))
-        torch.cuda.synchronize(self.index)
+        stream = cuda.Stream(self.index)
+        # warm-up on a side stream, as torch.cuda.graph's documentation asks before capture
+        stream.wait_stream(cuda.current_stream(self.index))
+        graph: Any = None
+        step: Any = None
+        output: Any = None
+        try:
+            for size in sorted(set(sizes), reverse=True):
+                step = make_step(size)
+                with cuda.stream(stream):
+                    step()
+                graph = cuda.CUDAGraph()
+                with cuda.graph(graph, pool=pool, stream=stream):
+                    output = step()
+                graphs.append(graph)
+                keep_alive.append((step, output) if keep_outputs else (step,))
+                output = None
+            cuda.current_stream(self.index).wait_stream(stream)
+            cuda.synchronize(self.index)
+        except BaseException:
+            # the traceback keeps this frame: drop its references into the pool, and the failed graph's hold on it
+            step = output = None
+            if graph is not None and not any(graph is captured for captured in graphs):
+                try:
+                    graph.reset()
+                except Exception:
+                    pass
+            graph = None
+            CapturedGraphs(graphs, keep_alive, pool).release()
+            raise
         return CapturedGraphs(graphs, keep_alive, pool)
 
     def is_out_of_memory(self, error: BaseException) -> bool:
-        import torch
-
+        """torch's OutOfMemoryError or a CUDA / cuBLAS allocation failure, also when another error raised while
+        unwinding (e.g. capture_end after a failed capture) hides it in __context__."""
+        torch = self._torch()
         out_of_memory = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-        if isinstance(error, out_of_memory):
-            return True
-        text = str(error)
-        return isinstance(error, RuntimeError) and ("out of memory" in text or "CUBLAS_STATUS_ALLOC_FAILED" in text)
+        seen: set[int] = set()
+        current: Optional[BaseException] = error
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            if isinstance(current, out_of_memory):
+                return True
+            text = str(current)
+            if isinstance(current, RuntimeError) and ("out of memory" in text or "CUBLAS_STATUS_ALLOC_FAILED" in text):
+                return True
+            current = current.__cause__ or current.__context__
+        return False
 
 
 def cuda_available() -> bool:

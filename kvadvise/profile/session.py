@@ -2,7 +2,7 @@
 
 Mirrors vLLM 0.10.2 v1/worker/gpu_worker.py (init_device, determine_available_memory,
 compile_or_warm_up_model) and utils/__init__.py (MemorySnapshot, memory_profiling):
-1. baseline: initialise the device (context + cuBLAS handle), then snapshot free/total/reserved/allocated;
+1. baseline: initialise the device (its context; no cuBLAS handle, see CudaDevice.init), then snapshot;
 2. load: weights = allocated-bytes growth across building the model (the HF model's tensors) + vLLM's
    weight-time buffers that the HF model lacks (rotary cos/sin caches, vocabulary padding), computed from
    the config by kvadvise/plan/vllm_buffers.py, the same source `estimate` uses; reported as a sub-line;
@@ -12,7 +12,7 @@ compile_or_warm_up_model) and utils/__init__.py (MemorySnapshot, memory_profilin
 4. non-torch = growth of (total - free) - reserved from the baseline to after the run; on the host, where
    it cannot be measured, estimate's default for the target card's family (kvadvise/estimate/graphs.py);
 5. CUDA graphs (not with enforce_eager): free-memory drop across capturing the decode step for every
-   capture size, largest first into one shared pool, minus the static buffers the capture needed; on the
+   capture size, largest first into one shared pool, measured after the static buffers it needs; on the
    host, estimate's figure (the same decode step traced, + a per-size figure: estimate/graphs.py);
 6. advice: vLLM's suggestion line (plan/advice.py) and the KV capacity each value buys (plan/kv.py).
 Device memory is released on every exit path. Knows nothing about text: report/budget.py renders.
@@ -432,20 +432,23 @@ def _release(device: Device, workload: Workload) -> None:
 
 
 def _measure_graphs(device: Device, workload: Workload, sizes: list[int], state: _State) -> None:
-    """Free-memory drop across capture, minus the static buffers capture allocated (mirrors vLLM 0.10.2
-    v1/worker/gpu_model_runner.py capture_model: start_free_gpu_memory - end_free_gpu_memory)."""
+    """Free-memory drop across capture, after the static buffers capture needs are allocated (mirrors vLLM
+    0.10.2 v1/worker/gpu_model_runner.py capture_model: start_free_gpu_memory - end_free_gpu_memory)."""
     if not sizes:
         state.measurements = replace(state.measurements, cuda_graph_bytes=0)
         state.phases.append(PhaseRecord("cuda_graphs", detail={"sizes": []}))
         return
     device.empty_cache()
-    before = take_snapshot(device)
     captured: Optional[CapturedGraphs] = None
     try:
         make_step, static_bytes = workload.prepare_graph_capture(sizes)
+        # the snapshot comes after the static buffers (vLLM allocates its persistent buffers before profiling,
+        # so they are in none of its terms): their bytes AND the segment rounding they caused stay out, which
+        # subtracting their tensor bytes from a drop measured before them would not do
+        before = take_snapshot(device)
         captured = device.capture_graphs(make_step, sizes)
         after = take_snapshot(device)
-        graphs = (before.free_bytes - after.free_bytes) - static_bytes
+        graphs = before.free_bytes - after.free_bytes
         state.measurements = replace(state.measurements, cuda_graph_bytes=graphs)
         state.phases.append(PhaseRecord("cuda_graphs", before, after, graphs,
                                         {"sizes": sizes, "static_buffers_bytes": static_bytes,
@@ -485,7 +488,12 @@ def _device_info(device: Device, baseline: MemorySnapshot, target: Optional[Targ
 
         driver, mig, other = info.driver_version, info.mig_mode, info.other_processes_bytes
         name = name or info.name
-        if info.other_processes:
+        if info.other_processes and getattr(info, "own_process_listed", True) is False:
+            # inside a container NVML lists host PIDs: this process is probably one of those listed
+            warnings.append(f"NVML lists {len(info.other_processes)} process(es) on this GPU but none under this "
+                            "process's PID (a container's PID namespace?): one of them is probably this one; any "
+                            "other makes 'full' smaller by what it holds")
+        elif info.other_processes:
             held = "unknown bytes" if other is None else f"{other} bytes ({gib(other)})"
             warnings.append(f"{len(info.other_processes)} other process(es) hold {held} on this GPU: "
                             "'full' is smaller by what they hold, and changes when they exit")
