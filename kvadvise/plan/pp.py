@@ -637,8 +637,12 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
             suggested = capacity(blocks, budget)
             gain = percent = None
             if feasible is not False:   # a gain is measured against a plan that runs, never an infeasible one
-                gain = suggested.tokens - uniform.tokens
-                percent = round(100.0 * gain / uniform.tokens, 2) if uniform.tokens > 0 else None
+                # like against like: with cards, the given partition at ITS largest safe budget (not at a
+                # budget the user gave, which would mix the split's gain with the budget's); else both at
+                # the one budget given
+                baseline = capacity(given_blocks, None).tokens if mode == "memory" else uniform.tokens
+                gain = suggested.tokens - baseline
+                percent = round(100.0 * gain / baseline, 2) if baseline > 0 else None
             moved = sum(abs(x - y) for x, y in zip(_ends(split), _ends(partition)))
             suggestion = Suggestion(
                 partition=tuple(split), capacity=suggested, gain_tokens=gain, gain_percent=percent,
