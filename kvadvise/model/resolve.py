@@ -88,7 +88,7 @@ def _from_hub_cache(repo_id: str, revision: Optional[str]) -> ConfigFiles:
         raise InputError(
             f"{repo_id} is not a local file or directory, and its {CONFIG_NAME} is not in the local "
             f"Hugging Face cache ({cache_dir})",
-            hint=f"download it first (huggingface-cli download {repo_id} {CONFIG_NAME}) or pass a path")
+            hint=f"download it first (hf download {repo_id} {CONFIG_NAME}) or pass a path")
     extra: dict[str, Mapping[str, Any]] = {}
     quant = try_to_load_from_cache(repo_id, QUANT_CONFIG_NAME, cache_dir=str(cache_dir), revision=revision)
     if isinstance(quant, str):
