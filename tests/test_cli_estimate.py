@@ -257,8 +257,12 @@ def test_model_caveats_are_warnings():
     assert any(w.startswith("no dtype in the config") for w in _json(result)["warnings"])
 
 
-def test_config_naming_its_hub_id_is_served_by_that_id():
-    result = runner.invoke(app, ["estimate", str(CONFIGS / "meta-llama__Llama-2-7b-hf.json"), "--gpu", "H100",
+def test_config_file_is_served_as_a_placeholder_even_when_it_names_a_hub_id():
+    # the GPTQ upload's config names its fp16 source (budecosystem/genz-70b): serving that would load another
+    # model, four times the size of the one the budget is for
+    result = runner.invoke(app, ["estimate", str(CONFIGS / "TheBloke__Genz-70b-GPTQ.json"), "--gpu", "A100-80GB",
                                  "--json"])
     assert result.exit_code == 0, result.output
-    assert _json(result)["advice"]["fit"]["command"].startswith("vllm serve meta-llama/Llama-2-7b-hf ")
+    document = _json(result)
+    assert document["advice"]["fit"]["command"].startswith("vllm serve MODEL ")
+    assert any("_name_or_path says budecosystem/genz-70b" in w for w in document["warnings"])

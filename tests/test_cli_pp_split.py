@@ -269,8 +269,8 @@ def test_command_keys():
 
 
 def test_serve_lines_name_what_vllm_can_serve(tmp_path):
-    """vLLM cannot serve a config FILE: its `_name_or_path` when that is a hub id, else MODEL with a warning;
-    a checkpoint directory stays as given."""
+    """vLLM cannot serve a config FILE: MODEL with a warning (naming the config's `_name_or_path`, which is
+    no safe stand-in: a quantized upload names its full-precision source); a checkpoint directory stays."""
     document = run_json(QWEN8, "--partition", "18,18", "--kv-cache-memory-bytes", "4GiB")
     assert document["uniform"]["command"].startswith("VLLM_PP_LAYER_PARTITION=18,18 vllm serve MODEL ")
     assert any("config file, which vLLM cannot serve" in w for w in document["warnings"])
@@ -278,8 +278,9 @@ def test_serve_lines_name_what_vllm_can_serve(tmp_path):
     named = tmp_path / "named.json"
     named.write_text(json.dumps({**config, "_name_or_path": "Qwen/Qwen3-8B"}))
     document = run_json(str(named), "--partition", "18,18", "--kv-cache-memory-bytes", "4GiB")
-    assert document["uniform"]["command"].startswith("VLLM_PP_LAYER_PARTITION=18,18 vllm serve Qwen/Qwen3-8B ")
-    assert document["suggestion"]["command"].startswith("VLLM_PP_LAYER_PARTITION=18,18 vllm serve Qwen/Qwen3-8B ")
+    assert document["uniform"]["command"].startswith("VLLM_PP_LAYER_PARTITION=18,18 vllm serve MODEL ")
+    assert document["suggestion"]["command"].startswith("VLLM_PP_LAYER_PARTITION=18,18 vllm serve MODEL ")
+    assert any("_name_or_path says Qwen/Qwen3-8B" in w for w in document["warnings"])
     local = tmp_path / "local.json"
     local.write_text(json.dumps({**config, "_name_or_path": "/data/models/qwen3-8b"}))
     document = run_json(str(local), "--partition", "18,18", "--kv-cache-memory-bytes", "4GiB")

@@ -107,7 +107,8 @@ def test_gate_compares_the_exact_product():
 @pytest.mark.parametrize("model_id, raw, expected", [
     ("meta-llama/Llama-3.1-8B", {}, "meta-llama/Llama-3.1-8B"),
     ("/models/llama-8b", {}, "/models/llama-8b"),
-    ("configs/llama.json", {"_name_or_path": "meta-llama/Llama-2-7b-hf"}, "meta-llama/Llama-2-7b-hf"),
+    # a quantized upload names its full-precision source: never a stand-in for the checkpoint sized
+    ("configs/genz-gptq.json", {"_name_or_path": "budecosystem/genz-70b"}, "MODEL"),
     ("configs/llama.json", {"_name_or_path": "/opt/ckpts/llama"}, "MODEL"),
     ("configs/llama.json", {}, "MODEL"),
 ])
@@ -115,3 +116,5 @@ def test_served_model_name(model_id, raw, expected):
     name, warning = served_model_name(model_id, raw)
     assert name == expected
     assert (warning is None) == (model_id == expected)
+    if raw.get("_name_or_path"):
+        assert raw["_name_or_path"] in warning

@@ -157,17 +157,16 @@ def vllm_serve_command(model_id: str, kv_cache_memory_bytes: int, *,
 def served_model_name(model_id: str, raw_config: Optional[dict] = None) -> tuple[str, Optional[str]]:
     """What to put after `vllm serve`, and a warning when it is not what the user named.
 
-    A hub id or a checkpoint directory stays as given. A config FILE is not something vLLM can serve: its
-    `_name_or_path` is used when that looks like a hub id (org/name), else the placeholder MODEL.
+    A hub id or a checkpoint directory stays as given. A config FILE is not something vLLM can serve, and
+    its `_name_or_path` is no safe stand-in (a quantized upload names its full-precision source; a
+    fine-tune names its base), so the line says MODEL and the warning says what to put there.
     """
     if not model_id.lower().endswith(".json"):
         return model_id, None
     name = str((raw_config or {}).get("_name_or_path") or "")
-    parts = name.split("/")
-    if len(parts) == 2 and all(parts) and not name.startswith((".", "~")):
-        return name, f"the config file {model_id} names {name}: the vllm serve line uses that hub id"
+    named = f" (the config's _name_or_path says {name}: use it only if it is this very checkpoint)" if name else ""
     return "MODEL", (f"{model_id} is a config file, which vLLM cannot serve: replace MODEL in the vllm serve "
-                     "line with the model's hub id or checkpoint directory")
+                     f"line with the model's hub id or checkpoint directory{named}")
 
 
 def _shell_quote(text: str) -> str:
