@@ -697,3 +697,20 @@ def test_estimate_engine_failure_falls_back_to_parameter_counts(monkeypatch):
     document = run_json(QWEN8, "--partition", "18,18", "--gpu-memory", "24GiB", "--estimate")
     assert document["non_kv_method"] == "estimated (parameter counts)"
     assert any("estimate engine could not size the stages (no torch here)" in w for w in document["warnings"])
+
+
+def test_serve_lines_cap_max_model_len_when_one_request_does_not_fit():
+    """Llama-3.1-70B over two H100s and an A10G: whatever the split, the engine holds fewer tokens than one
+    131,072-token request, so vLLM would refuse the model's length. Both serve lines carry the longest
+    length that fits: full attention, 16 tokens a block, so blocks x 16 (vLLM's max_model_len estimate)."""
+    given = run_json(LLAMA70, "--partition", "30,30,20", "--gpu", "h100,h100,a10g", "--parameter-counts",
+                     exit_code=2)                     # 30 layers overflow the A10G; the suggestion fits
+    suggested = given["suggestion"]["partition"]
+    again = run_json(LLAMA70, "--partition", ",".join(map(str, suggested)), "--gpu", "h100,h100,a10g",
+                     "--parameter-counts")
+    assert again["suggestion"]["already_optimal"] is True
+    for plan in (given["suggestion"], again["uniform"]):
+        blocks = plan["num_blocks"]
+        assert 0 < blocks * 16 < 131072
+        assert plan["fits_one_request"] is False and plan["largest_fitting_model_len"] == blocks * 16
+        assert f" --max-model-len {blocks * 16} " in plan["command"]

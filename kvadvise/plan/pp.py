@@ -326,6 +326,7 @@ class EngineCapacity:
     tokens: int
     max_concurrency: float
     fits_one_request: bool           # one request of max_model_len fits (else vLLM refuses to start)
+    largest_fitting_model_len: Optional[int] = None   # when it does not: the longest that fits (0: none)
 
 
 @dataclass(frozen=True)
@@ -336,7 +337,7 @@ class Suggestion:
     gain_percent: Optional[float]
     already_optimal: bool
     layers_moved: int
-    command: str
+    command: Optional[str]           # None when not even one token of a request fits
     stage_fit_kv_cache_memory_bytes: tuple[Optional[int], ...]
     makes_feasible: bool = False     # the given plan does not fit these cards; this one does
 
@@ -528,7 +529,8 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
     def capacity(blocks: int, budget: Optional[int]) -> EngineCapacity:
         # the scheduler's view: all of the model's groups with the engine's block count (vLLM's log figures)
         cap = capacity_from_blocks(whole, max(blocks, 0))
-        return EngineCapacity(budget, cap.num_blocks, cap.tokens, cap.max_concurrency, cap.fits_one_request)
+        return EngineCapacity(budget, cap.num_blocks, cap.tokens, cap.max_concurrency, cap.fits_one_request,
+                              cap.largest_fitting_model_len)
 
     # uniform: what vLLM does with one budget on every rank
     if kv_cache_memory_bytes is not None:
@@ -554,8 +556,9 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
     uniform = capacity(uniform_blocks, uniform_budget) if usable else EngineCapacity(uniform_budget, 0, 0, 0.0, False)
     if usable and not uniform.fits_one_request:
         warnings.append(f"one request of {whole.max_model_len:,} tokens needs {whole.blocks_per_request:,} blocks "
-                        f"but the engine gets {uniform.num_blocks:,}: vLLM would refuse to start "
-                        "(lower --max-model-len, or see the suggested partition)")
+                        f"but the engine gets {uniform.num_blocks:,}: vLLM would refuse to start; the vllm serve "
+                        f"line sets --max-model-len {uniform.largest_fitting_model_len}, the longest that fits "
+                        "(or see the suggested partition)")
 
     # proportional: each stage gets blocks x its bytes per block, for the best common capacity
     if mode == "memory":
@@ -613,11 +616,18 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
     # what vLLM can serve: a hub id or directory as given; a config file by its hub id, else MODEL (a warning)
     served_name, served_warning = served_model_name(spec.model_id, spec.raw_config)
 
-    def serve_line(split: Sequence[int], budget: int) -> str:
+    def serve_line(split: Sequence[int], budget: int, engine: EngineCapacity) -> Optional[str]:
+        # a plan that cannot hold one request of the model length: vLLM refuses to start with it, so the line
+        # carries the longest length that fits (vLLM 0.11 kv_cache_utils.check_enough_kv_cache_memory)
+        max_model_len = settings.max_model_len
+        if not engine.fits_one_request:
+            if not engine.largest_fitting_model_len:
+                return None
+            max_model_len = engine.largest_fitting_model_len
         env = {"VLLM_PP_LAYER_PARTITION": ",".join(map(str, split))} if n > 1 else {}
         return vllm_serve_command(served_name, budget, gpu_memory_utilization=utilization,
                                   tensor_parallel_size=settings.tensor_parallel_size,
-                                  pipeline_parallel_size=n, max_model_len=settings.max_model_len,
+                                  pipeline_parallel_size=n, max_model_len=max_model_len,
                                   kv_cache_dtype=settings.kv_cache_dtype, block_size=settings.block_size,
                                   env=env)
 
@@ -646,14 +656,15 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
             moved = sum(abs(x - y) for x, y in zip(_ends(split), _ends(partition)))
             suggestion = Suggestion(
                 partition=tuple(split), capacity=suggested, gain_tokens=gain, gain_percent=percent,
-                already_optimal=already, layers_moved=moved, command=serve_line(split, budget),
+                already_optimal=already, layers_moved=moved, command=serve_line(split, budget, suggested),
                 stage_fit_kv_cache_memory_bytes=tuple(split_fits) if mode == "memory" else (None,) * n,
                 makes_feasible=feasible is False)
             # (an already-optimal split that repeats the uniform plan's own warning is not warned twice)
             if not suggested.fits_one_request and not (already and usable and not uniform.fits_one_request):
                 warnings.append(f"the suggested plan holds {suggested.tokens:,} tokens: one request of "
-                                f"{whole.max_model_len:,} tokens does not fit, vLLM would refuse to start "
-                                "(lower --max-model-len)")
+                                f"{whole.max_model_len:,} tokens does not fit, vLLM would refuse to start; its "
+                                f"vllm serve line sets --max-model-len {suggested.largest_fitting_model_len}, "
+                                "the longest that fits")
         else:
             warnings.append("no partition fits: every split leaves some stage without memory for its weights")
 
@@ -665,7 +676,7 @@ def plan_pp_split(spec: ModelSpec, settings: KvSettings, partition: Sequence[int
         shrink=shrink, mode=mode, stages=tuple(stages), uniform=uniform,
         uniform_given=kv_cache_memory_bytes is not None, idle_kind=idle_kind,
         proportional=proportional, proportional_saved_bytes=saved, bottleneck_stage=bottleneck,
-        suggestion=suggestion, command=serve_line(partition, uniform_budget) if usable else None,
+        suggestion=suggestion, command=serve_line(partition, uniform_budget, uniform) if usable else None,
         max_model_len=whole.max_model_len, warnings=tuple(warnings), feasible=feasible,
         shortfalls=tuple(shortfalls),
         layer_weights_method=layer_weights_method if (non_kv is not None and layer_weights_bytes is not None)

@@ -14,7 +14,8 @@ from kvadvise.report.common import bytes_text, concurrency_text, gib, tokens_tex
 def _capacity(capacity: EngineCapacity) -> dict[str, Any]:
     return {"kv_cache_memory_bytes": capacity.kv_cache_memory_bytes, "num_blocks": capacity.num_blocks,
             "tokens": capacity.tokens, "max_concurrency": capacity.max_concurrency,
-            "fits_one_request": capacity.fits_one_request}
+            "fits_one_request": capacity.fits_one_request,
+            "largest_fitting_model_len": capacity.largest_fitting_model_len}
 
 
 def shortfall_text(shortfall: StageShortfall) -> str:
