@@ -179,6 +179,18 @@ def test_engine_failed_case29():
     assert codes(check("case29.log")) == [("engine_failed", "error")]
 
 
+def test_engine_failed_case29_names_the_kv_cause_with_the_model():
+    """gpt-oss-120b, 1.71 GiB = [1,830,712,771, 1,841,450,189) B; page 16 * 2 * 8 * 64 * 2 = 32,768 B, 18 layers
+    a group: 3,103..3,122 blocks; one 131,072-token request needs 8,192 full + cdiv(127 + 1024, 16) + 1 = 73
+    sliding blocks = 8,265: 0.38x < 1, vLLM's check_enough_kv_cache_memory refusal (0.11 rules: tokens
+    3,103 // 2 * 16 = 24,816 .. 3,122 // 2 * 16 = 24,976)."""
+    result = check("case29.log", spec=load_model_spec(str(CONFIGS / "openai__gpt-oss-120b.json")))
+    assert codes(result) == [("engine_failed", "error")]
+    message = result.findings[0].message
+    assert message.startswith("line 3: the engine failed to start: ")
+    assert "24,816..24,976 tokens (0.38x < 1 at max_model_len 131,072" in message and "one request" in message
+
+
 # ---- graph estimates, stages -----------------------------------------------------------------------
 
 def test_graph_estimate_below_the_actual_pool():
@@ -266,13 +278,30 @@ def test_case08_llama31_blocks_and_concurrency():
 # ---- rules and errors ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("version, rules", [("0.7.2", "0.10.2"), ("0.10.2", "0.10.2"), ("0.11.0", "0.11"),
-                                            ("0.12.0", "0.12"), ("0.19.0", "0.33"), ("0.7.3.dev233+gad5a35c2",
+                                            ("0.12.0", "0.12"), ("0.33.0", "0.33"), ("0.7.3.dev233+gad5a35c2",
                                                                                      "0.10.2")])
 def test_rules_follow_the_printed_version(version, rules):
     text = (f"INFO 01-01 00:00:00 [core.py:1] Initializing a V1 LLM engine (v{version}) with config: model='m'\n"
             "INFO 01-01 00:00:01 [gpu_worker.py:1] Available KV cache memory: 1.00 GiB\n")
     startup = parse_text(text).startups[0]
     assert rules_for(startup) == (rules, None)
+
+
+def test_a_release_we_do_not_mirror_is_mapped_with_a_warning():
+    """case31.log is vLLM 0.19.0: checked with the 0.33 rules, and the warning says so and what may differ."""
+    result = check("case31.log")
+    assert result.vllm_rules == "0.33"
+    note = next(n for n in result.notes if "0.19.0" in n)
+    assert "not a release kvadvise mirrors" in note and "0.33 rules" in note
+    # 0.19 < 0.21: graphs not yet subtracted; < 0.28: no 160 GiB batch tier; the ratio and Mamba changes named
+    for fact in ("PR #36684", "PR #50991", "since 0.21", "since 0.28"):
+        assert fact in note
+    text = ("INFO 01-01 00:00:00 [core.py:1] Initializing a V1 LLM engine (v0.29.1) with config: model='m'\n"
+            "INFO 01-01 00:00:01 [gpu_worker.py:1] Available KV cache memory: 1.00 GiB\n")
+    rules, note = rules_for(parse_text(text).startups[0])
+    assert rules == "0.33" and "PR #36684" in note and "since 0.21" not in note and "since 0.28" not in note
+    newer = parse_text(text.replace("v0.29.1", "v0.34.0")).startups[0]
+    assert rules_for(newer)[0] == "0.33" and "newer than the rules kvadvise mirrors" in rules_for(newer)[1]
 
 
 def test_no_startup_is_input_error():

@@ -237,3 +237,22 @@ def test_vllm_version_with_patch_level():
     document = run_json(LLAMA, "--kv-cache-memory-bytes", budget, "--vllm-version", "v0.11.0")
     assert document["inputs"]["vllm_version"] == "0.11"
     assert document["kv_cache"]["num_blocks"] == 27284
+
+
+def test_modelopt_fp8_kv_checkpoint_directory(tmp_path):
+    """nvidia/Llama-3.1-70B-Instruct-FP8 (config.json + hf_quant_config.json, kv_cache_quant_algo FP8): the 0.33
+    rules size `auto` in fp8 (vLLM resolve_kv_cache_dtype_string): page 2 * 16 * 8 * 128 * 1 = 32,768 B and
+    40 GiB / 32,768 / 80 = 16,384 blocks = int(2.0 * 131,072) = 262,144 tokens; the 0.12 rules keep bf16:
+    65,536 B, 8,192 blocks = 8,192 * 16 = 131,072 tokens."""
+    configs = Path(__file__).parent / "data" / "configs"
+    (tmp_path / "config.json").write_text((configs / "nvidia__Llama-3.1-70B-Instruct-FP8.json").read_text())
+    (tmp_path / "hf_quant_config.json").write_text(
+        (configs / "nvidia__Llama-3.1-70B-Instruct-FP8.hf_quant_config.json").read_text())
+    newest = run_json(str(tmp_path), "--kv-cache-memory-bytes", "40GiB")["kv_cache"]
+    assert (newest["kv_cache_dtype"], newest["page_size_bytes"], newest["num_blocks"], newest["tokens"]) == (
+        "fp8_e4m3", 32768, 16384, 262144)
+    assert any("auto resolved to fp8_e4m3" in note for note in newest["notes"])
+    older = run_json(str(tmp_path), "--kv-cache-memory-bytes", "40GiB", "--vllm-version", "0.12")
+    assert (older["kv_cache"]["kv_cache_dtype"], older["kv_cache"]["page_size_bytes"], older["kv_cache"]["num_blocks"],
+            older["kv_cache"]["tokens"]) == ("bfloat16", 65536, 8192, 131072)
+    assert any("--kv-cache-dtype fp8_e4m3" in warning for warning in older["warnings"])

@@ -13,7 +13,7 @@ from kvadvise.cli import app
 from kvadvise.gpus import CATALOG, lookup_gpu
 from kvadvise.plan.advice import REDUNDANCY_BUFFER_BYTES
 from kvadvise.report.schema import validate
-from tests.tiny_models import save_tiny_checkpoint
+from tests.tiny_models import save_tiny_checkpoint, tiny_config
 
 runner = CliRunner()
 CONFIGS = Path(__file__).parent / "data" / "configs"
@@ -266,3 +266,61 @@ def test_config_file_is_served_as_a_placeholder_even_when_it_names_a_hub_id():
     document = _json(result)
     assert document["advice"]["fit"]["command"].startswith("vllm serve MODEL ")
     assert any("_name_or_path says budecosystem/genz-70b" in w for w in document["warnings"])
+
+
+def _config_dir(tmp_path, config: dict) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+def test_max_num_seqs_above_batched_tokens_is_refused(tiny_llama):
+    # vLLM config/scheduler.py SchedulerConfig._verify_args: max_num_batched_tokens >= max_num_seqs, with or
+    # without chunked prefill. H100 default 8192 tokens against 100000 sequences (the reviewer's case):
+    result = runner.invoke(app, ["estimate", str(CONFIGS / "meta-llama__Llama-3.2-1B.json"), "--gpu", "h100",
+                                 "--max-num-seqs", "100000"])
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "8192" in error[0] and "100000" in error[0]
+    assert "max_num_batched_tokens < max_num_seqs" in error[0] and "Traceback" not in result.output
+    # one more sequence than tokens is refused, as many is accepted
+    assert runner.invoke(app, ["estimate", str(tiny_llama), "--gpu", "l40s", "--max-num-batched-tokens", "64",
+                               "--max-num-seqs", "65"]).exit_code == 2
+    assert runner.invoke(app, ["estimate", str(tiny_llama), "--gpu", "l40s", "--max-num-batched-tokens", "64",
+                               "--max-num-seqs", "64", "--json"]).exit_code == 0
+
+
+def test_mla_block_is_128_on_blackwell_unless_given(tmp_path):
+    # tiny DeepSeek-V2 (MLA: kv_lora_rank 16 + qk_rope_head_dim 8 = 24 latent entries a token, bf16)
+    model = _config_dir(tmp_path / "tiny-mla", tiny_config("deepseek_v2"))
+    blackwell = _json(runner.invoke(app, ["estimate", str(model), "--gpu", "b200", *SMALL_BATCH, "--json"]))
+    assert blackwell["settings"]["block_size"] == 128
+    assert blackwell["kv_cache"]["page_size_bytes"] == 128 * 24 * 2
+    assert any("CUTLASS MLA" in w and "128" in w for w in blackwell["warnings"])
+    assert "--block-size 128" in blackwell["advice"]["fit"]["command"]
+    hopper = _json(runner.invoke(app, ["estimate", str(model), "--gpu", "h200", *SMALL_BATCH, "--json"]))
+    assert hopper["kv_cache"]["page_size_bytes"] == 64 * 24 * 2
+    assert not any("CUTLASS MLA, vLLM's default" in w for w in hopper["warnings"])
+    given = _json(runner.invoke(app, ["estimate", str(model), "--gpu", "b200", "--block-size", "64", *SMALL_BATCH,
+                                      "--json"]))
+    assert given["kv_cache"]["page_size_bytes"] == 64 * 24 * 2
+    assert not any("CUTLASS MLA, vLLM's default" in w for w in given["warnings"])
+    # not MLA: the block stays 16 on Blackwell
+    llama = _json(runner.invoke(app, ["estimate", str(_config_dir(tmp_path / "tiny-llama", tiny_config("llama"))),
+                                      "--gpu", "b200", *SMALL_BATCH, "--json"]))
+    assert llama["settings"]["block_size"] == 16
+
+
+def test_no_kernel_install_hints_on_stderr(tmp_path):
+    # transformers' Mamba2 path logs "`causal_conv1d_fn` is falling back ... install `causal_conv1d`" (once per
+    # process): a fresh process shows what a user sees
+    import subprocess
+    import sys
+
+    model = _config_dir(tmp_path / "tiny-nemotron-h", tiny_config("nemotron_h", layers=3))
+    done = subprocess.run([sys.executable, "-m", "kvadvise.cli", "estimate", str(model), "--gpu", "h100",
+                           *SMALL_BATCH, "--json"], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["command"] == "estimate"
+    assert "causal_conv1d" not in done.stderr and "install" not in done.stderr.lower(), done.stderr

@@ -42,8 +42,10 @@ def test_headers_and_meta_build_equal_the_loaded_model(name, tmp_path):
     assert from_headers.source == "safetensors headers" and from_meta.source == "meta-device build"
     assert from_headers.profile_equivalent_bytes == measured
     assert from_meta.profile_equivalent_bytes == measured
-    # the checkpoint is everything but the transformers-only rotary buffers
-    assert sum(safetensors_tensor_bytes(directory).values()) == measured - from_meta.hf_buffer_bytes
+    # the checkpoint is everything but the transformers-only rotary buffers, once every floating tensor is
+    # held in the model dtype as vLLM holds it (transformers >= 5 saves DeepSeek's router gate in float32)
+    at_model_dtype = safetensors_tensor_bytes(directory, float_bytes=2)
+    assert sum(at_model_dtype.values()) == measured - from_meta.hf_buffer_bytes
 
 
 def test_tiny_llama_by_hand(tmp_path):
@@ -72,6 +74,58 @@ def test_tp_rank_by_name_rules_equals_the_profile_shard_build(name, tp):
                         shape=ShardShape(tensor_parallel_size=tp))
     ours = estimate_weights(config, model_dtype="bfloat16", plan=ShardPlan(tensor_parallel_size=tp))
     assert ours.profile_equivalent_bytes == tensor_bytes(shard)
+
+
+def test_nemotron_h_tp_rank_splits_the_mamba2_groups():
+    """A Nemotron-H rank holds n_groups / T of the B/C groups (vLLM mamba_mixer2 shards them when T divides
+    n_groups): tiny model, mixer 4 heads x 8 = intermediate 32, 2 groups of state 16, TP 2."""
+    config = tiny_config("nemotron_h", layers=3)
+    spec = tiny_spec(config)
+    shard = build_model(spec, load_format="dummy", dtype="bfloat16", device="meta",
+                        shape=ShardShape(tensor_parallel_size=2))
+    params = dict(shard.named_parameters())
+    intermediate, groups, state, heads = 4 * 8, 2, 16, 4
+    # in_proj rows: z and x (2 x intermediate), B and C (2 x groups x state), dt (one per head), halved
+    assert params["model.layers.0.mixer.in_proj.weight"].shape[0] == (2 * intermediate + 2 * groups * state
+                                                                      + heads) // 2 == 66
+    # conv1d channels: x, B, C = intermediate + 2 x groups x state, halved
+    assert params["model.layers.0.mixer.conv1d.weight"].shape[0] == (intermediate + 2 * groups * state) // 2 == 48
+    # and the name rules on the whole model agree with the shard build
+    ours = estimate_weights(config, model_dtype="bfloat16", plan=ShardPlan(tensor_parallel_size=2))
+    assert ours.profile_equivalent_bytes == tensor_bytes(shard)
+
+
+def test_nemotron_h_56b_tp2_is_half_of_tp1_plus_the_replicated_tensors():
+    """Nemotron-H-56B at TP 2 (n_groups 8: groups split): every tensor halves but the replicated ones, counted
+    here from the config alone: the per-layer pre-norms (hidden each), the final norm, the attention
+    layers' k/v stay split (8 kv heads / 2), the mixer's gated-norm is split with the heads."""
+    config = _config("nvidia__Nemotron-H-56B-Base-8K.json")
+    spec = load_model_spec(str(CONFIGS / "nvidia__Nemotron-H-56B-Base-8K.json"))
+    whole = estimate_weights(config, model_dtype="bfloat16", plan=ShardPlan(), model=None)
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    # replicated on every rank: one pre-norm of `hidden` per layer and the final norm (bf16)
+    replicated = (layers + 1) * hidden * 2
+    # the independent TP 1 count: embedding + lm_head, Mamba2 mixers, attention, MLP, norms
+    inter = config["mamba_num_heads"] * config["mamba_head_dim"]
+    groups, state, heads, kernel = config["n_groups"], config["ssm_state_size"], config["mamba_num_heads"], \
+        config["conv_kernel"]
+    conv = inter + 2 * groups * state
+    mamba = (2 * inter + 2 * groups * state + heads) * hidden + conv * kernel + conv + 3 * heads + inter \
+        + hidden * inter
+    head_dim = config["attention_head_dim"]
+    attention = hidden * head_dim * (config["num_attention_heads"] * 2 + config["num_key_value_heads"] * 2)
+    mlp = 2 * hidden * config["intermediate_size"]
+    pattern = config["hybrid_override_pattern"]
+    params = 2 * config["vocab_size"] * hidden + pattern.count("M") * mamba + pattern.count("*") * attention \
+        + pattern.count("-") * mlp + (layers + 1) * hidden
+    assert params == 56_324_350_464                      # the reviewer's independent count
+    assert whole.parameter_bytes == params * 2
+    shard = build_model(spec, load_format="dummy", dtype="bfloat16", device="meta",
+                        shape=ShardShape(tensor_parallel_size=2))
+    # the estimate's path: weights of the rank's shard build (kvadvise.estimate.engine)
+    rank = estimate_weights(config, model_dtype="bfloat16", plan=ShardPlan(tensor_parallel_size=2), model=shard,
+                            model_is_shard=True)
+    assert rank.parameter_bytes == (params * 2 - replicated) // 2 + replicated == 56_325_325_312, rank.parameter_bytes
 
 
 def test_kv_heads_replicate_when_fewer_than_ranks():
@@ -136,6 +190,30 @@ def test_weights_of_public_logs(case):
         assert (logged - half) * GIB <= ours < (logged + half) * GIB, (case["id"], ours / GIB)
     else:
         assert abs(ours / GIB - logged) / logged < 0.02, (case["id"], ours / GIB)
+
+
+@pytest.mark.parametrize("name", ("deepseek_v2", "deepseek_v3"))
+def test_moe_router_held_in_the_model_dtype_as_vllm_holds_it(name):
+    """transformers >= 5 keeps DeepSeek's router gate.weight in float32 (`_keep_in_fp32_modules_strict`);
+    vLLM builds it in the model dtype (ReplicatedLinear / GateLinear) and keeps only the noaux_tc router bias
+    in float32. Tiny models (hidden 64, 4 routed experts, layer 1 the only MoE layer), by hand."""
+    config = tiny_config(name)
+    spec = tiny_spec(config)
+    model = build_model(spec, load_format="dummy", dtype="bfloat16", device="meta")
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    gate = tensors["model.layers.1.mlp.gate.weight"]
+    assert (tuple(gate.shape), str(gate.dtype)) == ((4, 64), "torch.bfloat16")      # 4 x 64 x 2 = 512 B
+    bias = tensors.get("model.layers.1.mlp.gate.e_score_correction_bias")
+    if name == "deepseek_v3":
+        assert (tuple(bias.shape), str(bias.dtype)) == ((4,), "torch.float32")      # 4 x 4 = 16 B
+    else:
+        assert bias is None
+    weights = estimate_weights(config, model_dtype="bfloat16")
+    assert weights.profile_equivalent_bytes == tensor_bytes(model)
+    dense = estimate_weights(dict(config, torch_dtype="bfloat16"), model_dtype="bfloat16",
+                             plan=ShardPlan(layer_start=1, layer_end=2, first_stage=False, last_stage=False))
+    per_layer = sum(t.numel() * t.element_size() for key, t in tensors.items() if key.startswith("model.layers.1."))
+    assert dense.parameter_bytes == per_layer
 
 
 def test_deepseek_r1_tp8_fp8_against_the_hpu_fork_log():

@@ -110,3 +110,25 @@ def test_cublas_workspace_by_target_family():
     # no rule (AMD, or only --gpu-memory): the larger figure, the side that lowers "fit"
     assert cublas_workspace_bytes_for_family("cdna3") == (33_554_432, False)
     assert cublas_workspace_bytes_for_family(None) == (33_554_432, False)
+
+
+def test_mamba2_groups_per_rank_follows_vllm_head_shards():
+    from kvadvise.errors import InputError
+    from kvadvise.plan.dummy import mamba2_groups_per_rank
+
+    # vLLM mamba_utils.extra_groups_for_head_shards: divisible -> split; n_groups 1 -> padded to T, 1 a rank
+    assert mamba2_groups_per_rank(8, 1) == 8
+    assert mamba2_groups_per_rank(8, 2) == 4
+    assert mamba2_groups_per_rank(8, 8) == 1
+    assert mamba2_groups_per_rank(1, 4) == 1
+    with pytest.raises(InputError, match="4 does not divide the 2 Mamba2 groups"):
+        mamba2_groups_per_rank(2, 4)
+
+
+def test_scheduler_refuses_fewer_batched_tokens_than_sequences():
+    from kvadvise.errors import InputError
+    from kvadvise.plan.dummy import check_scheduler_limits
+
+    check_scheduler_limits(8192, 8192)
+    with pytest.raises(InputError, match=r"8192 is below --max-num-seqs 100000"):
+        check_scheduler_limits(8192, 100000)

@@ -281,6 +281,13 @@ def test_sliding_window_default_batched_tokens_is_noted():
     assert layout.max_num_batched_tokens == 8192
     assert any("max-num-batched-tokens" in note for note in layout.assumptions)
     assert not kv_layout(GPT_OSS_120B, KvSettings(max_num_batched_tokens=2048)).assumptions
+    # the warning names vllm serve's tiers of that rule set: 0.33 (vLLM 0.28+ get_batch_defaults) has a
+    # 16384-token tier for >= 160 GiB cards; 0.11 only 8192 (>= 70 GiB, not A100) and 2048
+    newest = next(note for note in layout.assumptions if "max-num-batched-tokens" in note)
+    assert "other than A100 is 8192, 16384 on >= 160 GiB GPUs" in newest and "2048 on others" in newest
+    older = next(note for note in kv_layout(GPT_OSS_120B, KvSettings(vllm_version="0.11")).assumptions
+                 if "max-num-batched-tokens" in note)
+    assert "other than A100 is 8192, 2048 on others" in older and "16384" not in older
     small = kv_layout(GPT_OSS_120B, KvSettings(max_num_batched_tokens=1024))
     # cdiv(min(127 + 1024, 131072), 16) + 1 = 72 + 1 = 73
     assert {g.kind: g.blocks_per_request for g in small.groups}[SLIDING] == 73
@@ -491,3 +498,50 @@ def test_normalize_vllm_version(text, expected):
     from kvadvise.plan.kv import normalize_vllm_version
 
     assert normalize_vllm_version(text) == expected
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint KV dtype
+
+def _modelopt_fp8_llama_70b(tmp_path):
+    """nvidia/Llama-3.1-70B-Instruct-FP8 as vLLM reads it: config.json + ModelOpt's hf_quant_config.json
+    (kv_cache_quant_algo "FP8"), both the real files under tests/data/configs."""
+    from pathlib import Path
+
+    from kvadvise.model.spec import load_model_spec
+
+    configs = Path(__file__).parent / "data" / "configs"
+    (tmp_path / "config.json").write_text((configs / "nvidia__Llama-3.1-70B-Instruct-FP8.json").read_text())
+    (tmp_path / "hf_quant_config.json").write_text(
+        (configs / "nvidia__Llama-3.1-70B-Instruct-FP8.hf_quant_config.json").read_text())
+    return load_model_spec(str(tmp_path))
+
+
+def test_auto_kv_dtype_follows_the_modelopt_checkpoint_under_the_newest_rules(tmp_path):
+    spec = _modelopt_fp8_llama_70b(tmp_path)
+    # vLLM 0.33 resolve_kv_cache_dtype_string: auto -> "fp8_e4m3"; page = 2 * 16 * 8 kv heads * 128 * 1 B = 32,768
+    layout = kv_layout(spec, KvSettings(vllm_version="0.33"))
+    assert (layout.kv_cache_dtype, layout.kv_cache_dtype_bytes, layout.page_size_bytes) == ("fp8_e4m3", 1, 32768)
+    assert any("auto resolved to fp8_e4m3" in note for note in layout.notes) and not layout.assumptions
+    # 20 GiB / 32,768 / 80 layers = 8,192 blocks = 131,072 tokens = one request of 131,072 (1.00x)
+    capacity = kv_capacity(layout, 20 * GIB)
+    assert (capacity.num_blocks, capacity.tokens, capacity.max_concurrency) == (8192, 131072, 1.0)
+    # an explicit dtype wins, as in vLLM (resolve_kv_cache_dtype_string returns non-auto values unchanged)
+    explicit = kv_layout(spec, KvSettings(vllm_version="0.33", kv_cache_dtype="bfloat16"))
+    assert (explicit.kv_cache_dtype, explicit.page_size_bytes, explicit.notes) == ("bfloat16", 65536, ())
+
+
+@pytest.mark.parametrize("version", ["0.10.2", "0.11", "0.12"])
+def test_auto_kv_dtype_is_the_model_dtype_up_to_0_12_with_a_warning(tmp_path, version):
+    # vLLM <= 0.12: auto = the model dtype even with kv_cache_quant_algo FP8 (PR #29980/#30785 came after 0.12.0):
+    # page = 2 * 16 * 8 * 128 * 2 B = 65,536; 20 GiB / 65,536 / 80 = 4,096 blocks = 65,536 tokens (0.50x)
+    layout = kv_layout(_modelopt_fp8_llama_70b(tmp_path), KvSettings(vllm_version=version))
+    assert (layout.kv_cache_dtype, layout.page_size_bytes) == ("bfloat16", 65536)
+    capacity = kv_capacity(layout, 20 * GIB)
+    assert (capacity.num_blocks, capacity.tokens, capacity.max_concurrency) == (4096, 65536, 0.5)
+    assert any("--kv-cache-dtype fp8_e4m3" in note for note in layout.assumptions)
+
+
+def test_unknown_vllm_version_hint_names_the_nearest_rules():
+    with pytest.raises(InputError) as caught:
+        vllm_rules("0.19")
+    assert "0.12 mirror those releases" in caught.value.hint and "0.11 covers" not in caught.value.hint

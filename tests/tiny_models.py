@@ -26,6 +26,18 @@ REAL_CONFIGS = {
     "mixtral": "mistralai__Mixtral-8x7B-v0.1.json",    # MoE 8 experts top-2
 }
 
+# real configs with a tiny form that the all-model runner tests do not iterate over (no rotary caches, ...)
+MORE_CONFIGS = {
+    "nemotron_h": "nvidia__Nemotron-H-56B-Base-8K.json",  # hybrid Mamba2 (8 groups) + attention + MLP, NoPE
+    "deepseek_v3": "deepseek-ai__DeepSeek-V3.json",    # MLA + MoE with the noaux_tc router bias; fp8 dropped
+}
+
+# the tiny Nemotron-H mixer: 4 heads of 8 (intermediate 32), 2 groups of state 16, layers "M*-"
+TINY_MAMBA_HEADS = 4
+TINY_MAMBA_HEAD_DIM = 8
+TINY_MAMBA_GROUPS = 2
+TINY_MAMBA_STATE = 16
+
 # the shrunk widths (per family below); head_dim * heads need not equal hidden (as in Llama-3.2-1B)
 TINY_LAYERS = 2
 TINY_HIDDEN = 64
@@ -38,7 +50,7 @@ TINY_VOCAB = 512
 
 def real_config(name: str) -> dict:
     """The real config.json of one of REAL_CONFIGS, as published."""
-    return json.loads((CONFIG_DIR / REAL_CONFIGS[name]).read_text())
+    return json.loads((CONFIG_DIR / {**REAL_CONFIGS, **MORE_CONFIGS}[name]).read_text())
 
 
 def _shrink_text(text: dict, *, layers: int, hidden: int, intermediate: int, heads: int, kv_heads: int,
@@ -78,12 +90,19 @@ def tiny_config(name: str, *, layers: int = TINY_LAYERS, hidden: int = TINY_HIDD
         config["eoi_token_index"] = vocab - 2
     else:
         _shrink_text(config, **sizes)
-    if name == "deepseek_v2":
+    if name == "deepseek_v3":
+        config.pop("quantization_config", None)
+        config.update(first_k_dense_replace=1, n_group=1, topk_group=1, q_lora_rank=32)
+    if name in ("deepseek_v2", "deepseek_v3"):
         config.update(kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
                       n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
         config.pop("head_dim", None)  # MLA sizes its heads from the ranks above
     if name == "mixtral":
         config["num_local_experts"] = 4
+    if name == "nemotron_h":
+        config.update(mamba_num_heads=TINY_MAMBA_HEADS, mamba_head_dim=TINY_MAMBA_HEAD_DIM,
+                      n_groups=TINY_MAMBA_GROUPS, ssm_state_size=TINY_MAMBA_STATE, attention_head_dim=head_dim,
+                      time_step_rank=8, hybrid_override_pattern=("M*-" * layers)[:layers])
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         value = config.get(key)
         if isinstance(value, int) and value >= vocab:
@@ -146,8 +165,9 @@ def save_tiny_checkpoint(name: str, directory: Path, *, seed: int = 0, **overrid
     return directory, config
 
 
-def safetensors_tensor_bytes(directory: Path) -> dict[str, int]:
-    """name -> numel * element size of every tensor in the checkpoint, read from safetensors headers only."""
+def safetensors_tensor_bytes(directory: Path, float_bytes: Optional[int] = None) -> dict[str, int]:
+    """name -> numel * element size of every tensor in the checkpoint, read from safetensors headers only;
+    with `float_bytes`, floating tensors count at that width (held in the model dtype, as vLLM holds them)."""
     import struct
 
     sizes = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -163,5 +183,6 @@ def safetensors_tensor_bytes(directory: Path) -> dict[str, int]:
             numel = 1
             for dim in entry["shape"]:
                 numel *= dim
-            out[key] = numel * sizes[entry["dtype"]]
+            floating = entry["dtype"] in ("BF16", "F16", "F32", "F64")
+            out[key] = numel * (float_bytes if float_bytes and floating else sizes[entry["dtype"]])
     return out

@@ -179,7 +179,9 @@ def rules_for(startup: StartupLog, override: Optional[str] = None) -> tuple[str,
             return "0.11", None
         if key < (0, 13):
             return "0.12", None
-        return "0.33", None
+        if key[:2] == (0, 33):
+            return "0.33", None
+        return "0.33", _nearest_rules_note(startup.vllm_version, key)
     if any(r.suggestion and r.suggestion.consumed is not None for r in startup.ranks):
         rules, why = "0.33", "the newer suggestion wording"
     elif (startup.engine_version == "V0" or any(r.requested is not None or r.total is not None for r in startup.ranks)
@@ -191,6 +193,23 @@ def rules_for(startup: StartupLog, override: Optional[str] = None) -> tuple[str,
         rules, why = "0.11", "V1 engine lines"
     return rules, (f"the log does not print vLLM's version: vLLM {rules} rules assumed from {why} "
                    f"(pass --vllm-version to choose)")
+
+
+def _nearest_rules_note(version: str, key: tuple[int, ...]) -> str:
+    """Why a log from a vLLM between 0.12 and 0.33 (or after 0.33) is checked with the 0.33 rules, and what
+    may differ (vLLM changes between 0.12 and 0.33, from ../shared/reference/vllm-accounting.md and plan/kv.py)."""
+    if key[:2] > (0, 33):
+        return (f"vLLM {version} is newer than the rules kvadvise mirrors: checked with the vLLM 0.33 rules "
+                f"(pass --vllm-version to choose); rules changed after 0.33 are not known")
+    differ = ["the hybrid group ratio (1.25 in 0.12, 1.5 since PR #36684)",
+              "the default Mamba cache mode ('align' with prefix caching since PR #50991)"]
+    if key[:2] < (0, 21):
+        differ.append("the CUDA-graph estimate in the KV budget (subtracted only since 0.21)")
+    if key[:2] < (0, 28):
+        differ.append("the 16384-token default batch on >= 160 GiB GPUs (since 0.28)")
+    return (f"vLLM {version} is not a release kvadvise mirrors: checked with the vLLM 0.33 rules, the nearest "
+            f"(pass --vllm-version 0.12 to compare); rules that changed between 0.12 and 0.33 may differ for "
+            f"this release: {'; '.join(differ)}")
 
 
 def tensor_parallel_size(startup: StartupLog) -> tuple[Optional[int], Optional[str]]:
@@ -626,6 +645,9 @@ def check_startup(parse: LogParse, *, spec: Optional["ModelSpec"] = None, vllm_v
                     f"tokens ({kv.num_blocks[0]:,}..{kv.num_blocks[1]:,} blocks) for the {_gib_text(budget.middle)} "
                     f"budget under vLLM {rules} rules"))
 
+    if kv is not None and kv.max_concurrency[1] < 1:
+        findings = [_with_kv_cause(finding, kv) for finding in findings]
+
     fits = [(c.best_fit, c) for c in checks if c.best_fit is not None]
     fulls = [c.best_full for c in checks if c.best_full is not None]
     recomputed_fit = recomputed_full = None
@@ -659,6 +681,23 @@ def check_startup(parse: LogParse, *, spec: Optional["ModelSpec"] = None, vllm_v
         recomputed_fit_bytes=recomputed_fit_bytes, recomputed_full_bytes=recomputed_full_bytes,
         bottleneck_rank=bottleneck, kv=kv,
         recommended_kv_cache_memory_bytes=min(recommended) if recommended else None, findings=tuple(_dedupe(findings)), notes=tuple(notes))
+
+
+def _with_kv_cause(finding: Finding, kv: KvComparison) -> Finding:
+    """An engine_failed finding that names the cause kvadvise computed: not one request of max_model_len fits."""
+    if finding.code != "engine_failed":
+        return finding
+    low, high = kv.max_concurrency
+    concurrency = f"{low:.2f}x" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}x..{high:.2f}x"
+    tokens = f"{kv.tokens[0]:,}" if kv.tokens[0] == kv.tokens[1] else f"{kv.tokens[0]:,}..{kv.tokens[1]:,}"
+    # mirrors vLLM 0.11 v1/core/kv_cache_utils.py check_enough_kv_cache_memory: start-up fails with "To serve
+    # at least one request with the models's max seq len ..., ... KV cache is needed, which is larger than the
+    # available KV cache memory" when one request of max_model_len does not fit
+    return Finding(finding.code, finding.severity,
+                   f"{finding.message}: the KV cache holds {tokens} tokens ({concurrency} < 1 at "
+                   f"max_model_len {kv.max_model_len:,} under vLLM {kv.vllm_rules} rules), not enough for one "
+                   f"request (vLLM's \"larger than the available KV cache memory\"); lower --max-model-len or "
+                   f"raise the budget", finding.rank)
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:

@@ -120,7 +120,7 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
     from kvadvise.estimate.weights import ShardPlan, estimate_weights
     from kvadvise.plan import dummy
     from kvadvise.profile import session
-    from kvadvise.profile.build import ShardShape, resolve_dtype
+    from kvadvise.profile.build import ShardShape, quiet_transformers, resolve_dtype
     from kvadvise.profile.sampler import sampler_warning
 
     warnings: list[str] = []
@@ -132,11 +132,16 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
         default_tokens, default_seqs = dummy.vllm_default_batch(card.total_bytes, card.name, settings.vllm_version)
         tokens = default_tokens if tokens is None else tokens
         seqs = default_seqs if seqs is None else seqs
+    dummy.check_scheduler_limits(tokens, seqs)
+    settings, block_warning = session.settings_for_card(settings, spec, card.family)
+    if block_warning:
+        warnings.append(block_warning)
     plan = dummy.plan_dummy_run(tokens, seqs)
 
     # ---- one fake-tensor build of this rank's model: shapes, no memory
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    model = build_fake_model(spec, dtype=dtype, shape=shape, fake_mode=fake_mode)
+    with quiet_transformers():
+        model = build_fake_model(spec, dtype=dtype, shape=shape, fake_mode=fake_mode)
 
     # ---- weights (before the activation shortcut drops layers)
     start, stop = shape.layer_range(spec.num_layers)
@@ -164,9 +169,10 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
     if not cublas_known:
         warnings.append(f"the target card's cuBLAS workspace is not known: {cublas} bytes (the largest, "
                         "Hopper/Blackwell figure) counted in the activation peak")
-    activation = estimate_activation(spec, plan, dtype=dtype, shape=shape, run_sampler=run_sampler,
-                                     vllm_version=settings.vllm_version, model=model, fake_mode=fake_mode,
-                                     shortcut=shortcut, cublas_workspace_bytes=cublas)
+    with quiet_transformers():
+        activation = estimate_activation(spec, plan, dtype=dtype, shape=shape, run_sampler=run_sampler,
+                                         vllm_version=settings.vllm_version, model=model, fake_mode=fake_mode,
+                                         shortcut=shortcut, cublas_workspace_bytes=cublas)
     warnings.extend(activation.warnings)
     from kvadvise.plan.fidelity import image_model_warning
     from kvadvise.profile.runner import multimodal_encoder_items
@@ -187,7 +193,8 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
                                                         max_capture_size=largest))
         sizes = [s for s in sizes if s <= tokens]
         try:
-            graphs = estimate_graphs(model, spec, sizes, shape=shape, fake_mode=fake_mode)
+            with quiet_transformers():
+                graphs = estimate_graphs(model, spec, sizes, shape=shape, fake_mode=fake_mode)
             graph_bytes, graph_method = graphs.cuda_graph_bytes, "estimated"
             graph_detail = graph_details(graphs)
             warnings.append(GRAPH_ESTIMATE_WARNING)

@@ -38,7 +38,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from kvadvise.errors import InputError
 from kvadvise.estimate.quantization import (QuantScheme, cdiv, linear_bytes, mxfp4_padded_sizes,
                                             parse_quantization, quantizes_linear)
-from kvadvise.plan.vllm_buffers import NO_BUFFERS, VllmWeightBuffers, VocabTensor, vllm_weight_buffers
+from kvadvise.plan.vllm_buffers import (NO_BUFFERS, VLLM_FLOAT32_LEAVES, VllmWeightBuffers, VocabTensor,
+                                        vllm_weight_buffers)
 
 # safetensors dtype names -> bytes per element (F4 packs two values per byte: not used by HF checkpoints)
 SAFETENSORS_DTYPE_BYTES = {
@@ -271,6 +272,10 @@ def shard_shape(record: TensorRecord, tp: int, widths: _Widths) -> tuple[tuple[i
             dims = list(shape)
             dims[out_dim] = shape[out_dim] // widths.num_kv_heads * heads_per_rank
             return tuple(dims), "kv-heads"
+    if name == "norm" and len(parts) >= 3 and parts[-3] == "mixer" and len(shape) == 1:
+        # mirrors vLLM 0.11 layers/mamba/mamba_mixer2.py Mixer2RMSNormGated: the gated norm over the
+        # intermediate size is split with the heads (a decoder layer's own pre-norm is replicated)
+        return (_split(shape[0], tp),), "column"
     if name in _COLUMN or leaf in _COLUMN:
         if leaf == "bias" or len(shape) == 1:
             return (_split(shape[0], tp),) + shape[1:], "column"
@@ -419,7 +424,10 @@ def _ties_across_stages(config: Mapping[str, Any], plan: ShardPlan) -> bool:
 
 
 def _record_bytes_at_dtype(record: TensorRecord, shape: Sequence[int], dtype_bytes: int) -> int:
-    """A floating tensor is held in the model dtype (vLLM casts); others keep their stored width."""
+    """A floating tensor is held in the model dtype (vLLM casts) but for vLLM's float32 ones; others keep
+    their stored width."""
+    if record.is_float and record.name.rsplit(".", 1)[-1] in VLLM_FLOAT32_LEAVES:
+        return _numel(shape) * 4
     element = dtype_bytes if record.is_float else record.element_bytes
     return _numel(shape) * element
 

@@ -83,6 +83,21 @@ class DummyRunPlan:
         return tuple(out)
 
 
+def check_scheduler_limits(max_num_batched_tokens: int, max_num_seqs: int) -> None:
+    """Refuse what vLLM's scheduler refuses: fewer batched tokens than sequences (every sequence needs one).
+
+    mirrors vLLM 0.11 config/scheduler.py SchedulerConfig._verify_args (unconditional: chunked prefill only
+    relaxes the max_model_len check, not this one).
+    """
+    from kvadvise.errors import InputError
+
+    if max_num_batched_tokens < max_num_seqs:
+        raise InputError(f"--max-num-batched-tokens {max_num_batched_tokens} is below --max-num-seqs "
+                         f"{max_num_seqs}: vLLM refuses max_num_batched_tokens < max_num_seqs",
+                         hint=f"lower --max-num-seqs to at most {max_num_batched_tokens} or raise "
+                              "--max-num-batched-tokens")
+
+
 def plan_dummy_run(max_num_batched_tokens: int, max_num_seqs: int) -> DummyRunPlan:
     """Split the profile batch the way vLLM does.
 
@@ -159,3 +174,23 @@ def cublas_workspace_bytes_for_family(family: Optional[str]) -> tuple[int, bool]
     if major is None:
         return CUBLAS_WORKSPACE_BYTES_HOPPER_BLACKWELL, False
     return cublas_workspace_bytes(major), True
+
+
+def mamba2_groups_per_rank(n_groups: int, tensor_parallel_size: int) -> int:
+    """B/C groups one TP rank holds in a Mamba2 mixer: n_groups / T, or 1 replicated group when T does not
+    divide n_groups (vLLM allows that only for n_groups == 1).
+
+    mirrors vLLM 0.11 model_executor/layers/mamba/mamba_utils.py extra_groups_for_head_shards (and the
+    assert in mamba_mixer2.py MambaMixer2.__init__): groups are padded by T - n_groups, then split by T.
+    """
+    from kvadvise.errors import InputError
+
+    if n_groups < 1 or tensor_parallel_size < 1:
+        raise ValueError(f"n_groups ({n_groups}) and the TP size ({tensor_parallel_size}) must be positive")
+    if n_groups % tensor_parallel_size == 0:
+        return n_groups // tensor_parallel_size
+    if n_groups != 1:
+        raise InputError(f"--tensor-parallel-size {tensor_parallel_size} does not divide the {n_groups} Mamba2 "
+                         "groups", hint="vLLM requires n_groups % tensor_parallel_size == 0 or n_groups == 1")
+    # n_groups + extra_groups_for_head_shards = T groups, T / T = 1 per rank
+    return 1

@@ -38,7 +38,8 @@ DEFAULT_BLOCK_SIZE = 16
 MLA_DEFAULT_BLOCK_SIZE = 64
 # mirrors vLLM 0.10.2 model_executor/models/config.py HybridAttentionMambaModelConfig: multiple of 16.
 HYBRID_BLOCK_ALIGNMENT = 16
-# `vllm serve` default on GPUs with >= 70 GiB other than A100 (0.11 engine/arg_utils.py); 2048 on others.
+# `vllm serve` default on GPUs with >= 70 GiB other than A100 (0.11 engine/arg_utils.py); 2048 on others, and
+# 16384 on >= 160 GiB GPUs since 0.28 (plan/dummy.py vllm_default_batch has the tiers).
 # Only the sliding-window / chunked-local per-request maximum depends on it.
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 
@@ -74,6 +75,9 @@ class VllmRules:
     default_mamba_cache_mode: str = "none"
     # newest: the hybrid attention block is a multiple of max(16, the user's --block-size), not of 16
     hybrid_alignment_follows_block_size: bool = False
+    # newest: --kv-cache-dtype auto takes the KV dtype the checkpoint declares (ModelOpt kv_cache_quant_algo,
+    # llm-compressor kv_cache_scheme); up to 0.12 auto is the model dtype for ModelOpt checkpoints
+    auto_kv_dtype_from_checkpoint: bool = False
 
     def describe(self) -> str:
         tokens = ("tokens = int(concurrency * max_model_len)" if self.tokens_from_concurrency
@@ -110,7 +114,8 @@ def vllm_rules(version: str) -> VllmRules:
     version = str(version).strip()
     if version not in VLLM_VERSIONS:
         raise InputError(f"--vllm-version {version!r} is not one we mirror",
-                         hint=f"choose one of {', '.join(VLLM_VERSIONS)} (0.11 covers 0.10.2-0.12)")
+                         hint=f"choose one of {', '.join(VLLM_VERSIONS)}: 0.10.2, 0.11 and 0.12 mirror those "
+                              "releases; 0.33 mirrors the newest vLLM and is the nearest for any release after 0.12")
     return VllmRules(
         version=version,
         # mirrors vLLM 0.12 v1/core/kv_cache_utils.py _get_kv_cache_groups_uniform_page_size (1.25, PR #29303);
@@ -128,6 +133,9 @@ def vllm_rules(version: str) -> VllmRules:
         default_mamba_cache_mode="align" if version == "0.33" else "none",
         # mirrors vLLM 0.33 platforms/interface.py _align_hybrid_block_size (kernel_block_alignment_size)
         hybrid_alignment_follows_block_size=version == "0.33",
+        # mirrors vLLM 0.33 engine/arg_utils.py create_engine_config -> utils/torch_utils.py
+        # resolve_kv_cache_dtype_string (PR #30785, after 0.12.0); see resolve_kv_cache_dtype for the older rule
+        auto_kv_dtype_from_checkpoint=version == "0.33",
     )
 
 
@@ -231,7 +239,10 @@ def dtype_bytes(dtype: str) -> int:
 
 
 def resolve_kv_cache_dtype(kv_cache_dtype: str, model_dtype: str) -> tuple[str, int]:
-    """(resolved name, bytes per element): auto = the model dtype; fp8 variants are 1 byte."""
+    """(resolved name, bytes per element): auto = the model dtype; fp8 variants are 1 byte.
+
+    kv_layout first replaces auto by the checkpoint's declared KV dtype under the rules that do so (0.33).
+    """
     name = str(kv_cache_dtype).strip()
     if name not in KV_CACHE_DTYPES:
         raise InputError(f"unknown --kv-cache-dtype {kv_cache_dtype!r}",
@@ -241,6 +252,37 @@ def resolve_kv_cache_dtype(kv_cache_dtype: str, model_dtype: str) -> tuple[str, 
         resolved = str(model_dtype).replace("torch.", "")
         return resolved, dtype_bytes(resolved)
     return name, _DTYPE_BYTES[name]
+
+
+def checkpoint_kv_cache_dtype(spec: ModelSpec) -> Optional[str]:
+    """The KV cache dtype the checkpoint declares, spelled as newest vLLM resolves `auto` to it (None: none).
+
+    mirrors vLLM 0.33 utils/torch_utils.py get_kv_cache_quant_algo_string: ModelOpt's kv_cache_quant_algo "FP8"
+    (config.json's quantization_config, or hf_quant_config.json, which vLLM's get_config puts there and
+    ModelConfig tags quant_method "modelopt") -> "fp8_e4m3"; and model_executor/layers/attention/attention.py:
+    llm-compressor's kv_cache_scheme sets the cache to "fp8".
+    """
+    quantization = spec.quantization
+    if quantization is None or not quantization.kv_cache_dtype:
+        return None
+    if quantization.method.startswith("modelopt") and quantization.kv_cache_dtype == "fp8":
+        return "fp8_e4m3"
+    return quantization.kv_cache_dtype
+
+
+def _default_batch_tiers(version: str) -> str:
+    """vllm serve's default --max-num-batched-tokens by card under `version`'s rules, as text."""
+    from kvadvise.plan.dummy import GIB, vllm_default_batch
+
+    # the tiers come from plan/dummy.py (mirrors vLLM 0.11 engine/arg_utils.py, and the >= 160 GiB tier of 0.28+)
+    large, _ = vllm_default_batch(160 * GIB, "h200", version)
+    middle, _ = vllm_default_batch(80 * GIB, "h100", version)
+    small, _ = vllm_default_batch(40 * GIB, "l40s", version)
+    tiers = [f"vllm serve's default on >= 70 GiB GPUs other than A100 is {middle}"]
+    if large != middle:
+        tiers.append(f"{large} on >= 160 GiB GPUs (B200, MI300X)")
+    tiers.append(f"{small} on others; pass the value your vllm serve uses")
+    return ", ".join(tiers)
 
 
 def _check_tensor_parallel(spec: ModelSpec, tp: int) -> None:
@@ -529,7 +571,13 @@ def kv_layout(spec: ModelSpec, settings: KvSettings, layers: Optional[Sequence[i
     _positive(settings.block_size, "--block-size")
     _positive(settings.max_model_len, "--max-model-len")
     _positive(settings.max_num_batched_tokens, "--max-num-batched-tokens")
-    kv_dtype, kv_bytes = resolve_kv_cache_dtype(settings.kv_cache_dtype, spec.dtype)
+    declared_kv_dtype = checkpoint_kv_cache_dtype(spec)
+    requested_kv_dtype = settings.kv_cache_dtype
+    if str(requested_kv_dtype).strip() == "auto" and declared_kv_dtype and rules.auto_kv_dtype_from_checkpoint:
+        # mirrors vLLM 0.33 engine/arg_utils.py: resolve_kv_cache_dtype_string before CacheConfig, so auto is
+        # sized exactly as if the declared dtype had been passed
+        requested_kv_dtype = declared_kv_dtype
+    kv_dtype, kv_bytes = resolve_kv_cache_dtype(requested_kv_dtype, spec.dtype)
     mamba_cache_mode = settings.mamba_cache_mode or rules.default_mamba_cache_mode
     if mamba_cache_mode not in MAMBA_CACHE_MODES:
         raise InputError(f"unknown Mamba cache mode {settings.mamba_cache_mode!r}",
@@ -601,8 +649,7 @@ def kv_layout(spec: ModelSpec, settings: KvSettings, layers: Optional[Sequence[i
     if any(g.kind in (LayerKind.SLIDING, LayerKind.CHUNKED) for g in groups) \
             and settings.max_num_batched_tokens is None:
         assumptions.append(f"the sliding/chunked per-request maximum assumes --max-num-batched-tokens "
-                           f"{DEFAULT_MAX_NUM_BATCHED_TOKENS} (vllm serve on >= 70 GiB GPUs other than A100; "
-                           "2048 on others)")
+                           f"{DEFAULT_MAX_NUM_BATCHED_TOKENS} ({_default_batch_tiers(rules.version)})")
     if settings.max_model_len and spec.max_model_len and settings.max_model_len > spec.max_model_len:
         # mirrors vLLM 0.11 config/model.py _get_and_verify_max_len: refused unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1
         assumptions.append(f"--max-model-len {settings.max_model_len} exceeds the model's {spec.max_model_len}: "
@@ -614,9 +661,24 @@ def kv_layout(spec: ModelSpec, settings: KvSettings, layers: Optional[Sequence[i
         else:
             assumptions.append(f"Mamba cache mode 'none', one state block per request: vLLM {rules.version}'s "
                                "default (pass --mamba-cache-mode align if you enable Mamba prefix caching)")
-    if spec.quantization is not None and spec.quantization.kv_cache_dtype and settings.kv_cache_dtype == "auto":
-        assumptions.append(f"the checkpoint declares a {spec.quantization.kv_cache_dtype} KV cache; this layout "
-                           f"uses {kv_dtype} (pass --kv-cache-dtype to match your vllm serve)")
+    if declared_kv_dtype and str(settings.kv_cache_dtype).strip() == "auto":
+        if rules.auto_kv_dtype_from_checkpoint:
+            notes.append(f"--kv-cache-dtype auto resolved to {kv_dtype}, the KV cache dtype the checkpoint "
+                         f"declares, as vLLM {rules.version} does (an explicit --kv-cache-dtype overrides it)")
+        elif spec.quantization.method.startswith("modelopt"):
+            # vLLM 0.10.2-0.12 size auto with the model dtype even for ModelOpt FP8-KV checkpoints: their
+            # ModelOpt config only loads the k/v scales; reading kv_cache_quant_algo for auto came with PR #29980
+            # ("hf_quant_config.json specifies kv_cache_quant_algo FP8, but vLLM loads the unquantized version of
+            # kv-cache", opened 2025-12-03, reverted) and PR #30785 (relanded 2025-12-16), both after 0.12.0
+            assumptions.append(f"the checkpoint declares a {declared_kv_dtype} KV cache, but vLLM {rules.version} "
+                               f"sizes --kv-cache-dtype auto with the model dtype ({kv_dtype}); pass "
+                               f"--kv-cache-dtype {declared_kv_dtype} to vllm serve and here to use it")
+        else:
+            # llm-compressor: vLLM's attention layer switches the cache to fp8 when the config has a
+            # kv_cache_scheme; whether 0.10.2-0.12 also size the pages in fp8 is not verified
+            assumptions.append(f"the checkpoint declares a {declared_kv_dtype} KV cache (kv_cache_scheme); under the "
+                               f"vLLM {rules.version} rules this layout uses {kv_dtype} (unverified for that "
+                               f"release): pass --kv-cache-dtype {declared_kv_dtype} if your vLLM logs an fp8 cache")
 
     return KvLayout(
         settings=settings, max_model_len=max_model_len,

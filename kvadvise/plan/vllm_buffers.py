@@ -17,6 +17,11 @@ from typing import Any, Mapping, Optional, Sequence
 # mirrors vLLM 0.11 model_executor/layers/vocab_parallel_embedding.py DEFAULT_VOCAB_PADDING_SIZE
 VOCAB_PADDING = 64
 
+# tensors vLLM keeps in float32 whatever the model dtype (every other floating weight is held in the model
+# dtype): mirrors vLLM deepseek_v2.py DeepseekV2MoE (main, 2026-11), the noaux_tc router bias
+# `nn.Parameter(torch.empty(n_routed_experts, dtype=torch.float32))`
+VLLM_FLOAT32_LEAVES = frozenset({"e_score_correction_bias"})
+
 ROTARY_DETAIL = "rotary cos/sin cache"
 PADDING_DETAIL = "vocabulary padding to a multiple of 64"
 

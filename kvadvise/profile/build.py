@@ -22,8 +22,9 @@ rank of a parallel deployment; it has no collective buffers (NCCL, custom all-re
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 from kvadvise.errors import InputError
 from kvadvise.model.spec import ModelSpec
@@ -83,6 +84,24 @@ class ShardShape:
                              f"the model has {num_layers}")
         start = sum(self.partition[: self.stage])
         return start, start + self.partition[self.stage]
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' logging (kernel-fallback "install causal_conv1d" hints, irrelevant to a memory figure)
+    and Python warnings off inside the block; both restored after."""
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    previous = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        transformers_logging.set_verbosity(previous)
 
 
 # ------------------------------------------------------------------ configs --------------------------------
@@ -176,6 +195,14 @@ def _shard_text(text, tp: int) -> None:
         value = getattr(text, key, None)
         if isinstance(value, int) and value > 0:
             setattr(text, key, _divide(value, tp, key.replace("_", " ")))
+    # Mamba2 B/C groups (in_proj rows and conv1d channels): split by T, or one replicated group per rank
+    if isinstance(getattr(text, "mamba_num_heads", None), int):
+        from kvadvise.plan.dummy import mamba2_groups_per_rank
+
+        for key in ("n_groups", "mamba_n_groups"):
+            value = getattr(text, key, None)
+            if isinstance(value, int) and value > 0:
+                setattr(text, key, mamba2_groups_per_rank(value, tp))
 
 
 def _stage_text(text, start: int, stop: int) -> None:
@@ -325,6 +352,39 @@ def _fill_dummy(model) -> None:
                 parameter.uniform_(DUMMY_WEIGHT_LOW, DUMMY_WEIGHT_HIGH)
 
 
+def _fp32_kept_patterns(model, torch_dtype) -> tuple[str, ...]:
+    """The module names transformers keeps in float32 for this dtype (its `_get_dtype_plan` rule)."""
+    import torch
+
+    patterns: set[str] = set()
+    if torch_dtype in (torch.float16, torch.bfloat16):
+        patterns.update(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    if torch_dtype == torch.float16:
+        patterns.update(getattr(model, "_keep_in_fp32_modules", None) or ())
+    return tuple(sorted(patterns))
+
+
+def hold_in_model_dtype(model, torch_dtype) -> None:
+    """Cast to the model dtype what transformers keeps in float32 (`_keep_in_fp32_modules_strict`, e.g. the
+    DeepSeek / GLM MoE router `gate.weight` since transformers 5) and vLLM does not: vLLM builds those
+    layers in the model dtype (mirrors vLLM 0.11 deepseek_v2.py: the gate is a ReplicatedLinear, later a
+    GateLinear, with the default params_dtype). vLLM's own float32 tensors (VLLM_FLOAT32_LEAVES) stay."""
+    import torch
+
+    from kvadvise.plan.vllm_buffers import VLLM_FLOAT32_LEAVES
+
+    patterns = _fp32_kept_patterns(model, torch_dtype)
+    if not patterns:
+        return
+    named = list(model.named_parameters(remove_duplicate=True)) + list(model.named_buffers(remove_duplicate=True))
+    with torch.no_grad():
+        for name, tensor in named:
+            if tensor.dtype != torch.float32 or name.rsplit(".", 1)[-1] in VLLM_FLOAT32_LEAVES:
+                continue
+            if any(pattern in name for pattern in patterns):
+                tensor.data = tensor.data.to(torch_dtype)
+
+
 def build_model(spec: ModelSpec, *, load_format: str = "dummy", model_path: Optional[str] = None,
                 dtype: str = "auto", device: Any = "cpu", shape: ShardShape = ShardShape(),
                 trust_remote_code: bool = False, revision: Optional[str] = None):
@@ -358,6 +418,7 @@ def build_model(spec: ModelSpec, *, load_format: str = "dummy", model_path: Opti
         except OSError as error:
             raise InputError(f"cannot load the checkpoint {source!r}: {error}",
                              hint="give a local directory with safetensors, or use --load-format dummy") from None
+        hold_in_model_dtype(model, torch_dtype)
         model.eval()
         return model
 
@@ -378,6 +439,7 @@ def build_model(spec: ModelSpec, *, load_format: str = "dummy", model_path: Opti
     # no_init_weights also skipped tying; tie as post_init would (tied embeddings are one tensor)
     model.tie_weights()
     _apply_stage(model, shape)
+    hold_in_model_dtype(model, torch_dtype)
     _fill_dummy(model)
     model.eval()
     model.requires_grad_(False)

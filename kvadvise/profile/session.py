@@ -28,6 +28,7 @@ from kvadvise.errors import EnvironmentProblem, InputError, OutOfDeviceMemory
 from kvadvise.plan.advice import (Advice, BudgetOption, BudgetReport, DeviceBudget, DeviceInfo, NonKvMemory,
                                   served_model_name,
                                   advise, vllm_serve_command)
+from kvadvise.plan.dummy import check_scheduler_limits
 # message text only: byte-to-GiB conversion lives in report/
 from kvadvise.report.common import gib
 from kvadvise.profile.device import CapturedGraphs, Device, MemorySnapshot, StepFactory, take_snapshot
@@ -264,7 +265,11 @@ def run_profile(settings: ProfileSettings, spec: Any, device: Device, workload: 
                 total_for_defaults, state.device_info.name)
             tokens = default_tokens if tokens is None else tokens
             seqs = default_seqs if seqs is None else seqs
+        check_scheduler_limits(tokens, seqs)
         state.max_num_batched_tokens, state.max_num_seqs = tokens, seqs
+        settings, block_warning = settings_for_card(settings, spec, _target_family(target, state.device_info.name))
+        if block_warning:
+            state.warnings.append(block_warning)
         # the KV layout is arithmetic: settings it rejects fail here, before the long phases
         state.layout = kv_layout_for(settings, spec, tokens)
         progress(phase, "done")
@@ -563,6 +568,39 @@ def _advise(settings: ProfileSettings, spec: Any, state: _State, target: Optiona
                          does_not_fit=error, weight_buffers=state.measurements.weight_buffers)
 
 
+# mirrors vLLM 0.11 platforms/cuda.py get_attn_backend_cls (shared/reference/vllm-accounting.md section 4): on
+# Blackwell the default MLA backend is CUTLASS MLA, which forces block_size 128 (FlashMLA, the Hopper default,
+# forces 64: plan/kv.py); which later releases keep CUTLASS MLA as the SM100 default was not checked
+BLACKWELL_MLA_BLOCK_SIZE = 128
+
+
+def _target_family(target: Optional[TargetDevice], device_name: Optional[str]) -> Optional[str]:
+    """The catalog family of the card the advice is for: the target's, else the measured device's by name."""
+    if target is not None:
+        return target.family
+    if not device_name:
+        return None
+    from kvadvise.gpus import match_device_name
+
+    card = match_device_name(device_name)
+    return card.family if card is not None else None
+
+
+def settings_for_card(settings: ProfileSettings, spec: Any, family: Optional[str]) -> tuple[ProfileSettings,
+                                                                                         Optional[str]]:
+    """The settings with vLLM's card-dependent defaults filled in, and a warning naming each one.
+
+    Today one: an MLA model on a Blackwell card without --block-size gets CUTLASS MLA's block of 128, and
+    the vllm serve line carries --block-size 128 so that vLLM picks a backend with that page.
+    """
+    if settings.block_size is not None or family != "blackwell" or not getattr(spec, "is_mla", False):
+        return settings, None
+    warning = (f"MLA block size {BLACKWELL_MLA_BLOCK_SIZE} (CUTLASS MLA, vLLM's default MLA backend on Blackwell); "
+               f"the vllm serve line passes --block-size {BLACKWELL_MLA_BLOCK_SIZE}; give --block-size 64 for "
+               "FlashMLA / FlashInfer-MLA")
+    return replace(settings, block_size=BLACKWELL_MLA_BLOCK_SIZE), warning
+
+
 def kv_layout_for(settings: ProfileSettings, spec: Any, max_num_batched_tokens: int) -> Any:
     """The KV layout of the measured rank (a PP stage's layers only)."""
     from kvadvise.plan.kv import KvSettings, kv_layout
@@ -680,14 +718,16 @@ class TorchWorkload:
                           partition=self.settings.partition, stage=self.settings.stage)
 
     def load(self) -> Optional[int]:
-        from kvadvise.profile.build import build_model, tensor_bytes
+        from kvadvise.profile.build import build_model, quiet_transformers, tensor_bytes
 
         if self.device.kind == "cpu":
             self._check_host_memory()
-        self.model = build_model(self.spec, load_format=self.settings.load_format, model_path=self.model_path,
-                                 dtype=self.settings.dtype, device=self.device.torch_device, shape=self._shape(),
-                                 trust_remote_code=self.settings.trust_remote_code,
-                                 revision=self.settings.revision)
+        with quiet_transformers():
+            self.model = build_model(self.spec, load_format=self.settings.load_format,
+                                     model_path=self.model_path, dtype=self.settings.dtype,
+                                     device=self.device.torch_device, shape=self._shape(),
+                                     trust_remote_code=self.settings.trust_remote_code,
+                                     revision=self.settings.revision)
         return tensor_bytes(self.model)
 
     def vllm_weight_buffers(self) -> Any:
@@ -714,8 +754,10 @@ class TorchWorkload:
     def estimate_cuda_graphs(self, sizes: Sequence[int]) -> Any:
         """The graph pool as `kvadvise estimate` figures it, traced on this host model (estimate/graphs.py)."""
         from kvadvise.estimate.graphs import estimate_graphs
+        from kvadvise.profile.build import quiet_transformers
 
-        return estimate_graphs(self.model, self.spec, sizes, shape=self._shape())
+        with quiet_transformers():
+            return estimate_graphs(self.model, self.spec, sizes, shape=self._shape())
 
     def _check_host_memory(self) -> None:
         """CPU mode runs the model for real: refuse before the host runs out (the weights, sized on "meta")."""
@@ -757,9 +799,12 @@ class TorchWorkload:
         warning = sampler_warning(self.settings.vllm_version, plan.sampler_rows, self.spec.vocab_size)
         if run_sampler and warning:
             self.warnings.append(warning)
-        dummy_run(self.model, self.spec, plan, device=self.device.torch_device, run_sampler=run_sampler,
-                  sampler_version=self.settings.vllm_version, shape=shape, inputs=self._inputs,
-                  cublas_workspace_bytes=self.cublas_workspace_bytes())
+        from kvadvise.profile.build import quiet_transformers
+
+        with quiet_transformers():
+            dummy_run(self.model, self.spec, plan, device=self.device.torch_device, run_sampler=run_sampler,
+                      sampler_version=self.settings.vllm_version, shape=shape, inputs=self._inputs,
+                      cublas_workspace_bytes=self.cublas_workspace_bytes())
         self._inputs = None
         from kvadvise.plan.fidelity import image_model_warning
         from kvadvise.profile.runner import multimodal_encoder_items
