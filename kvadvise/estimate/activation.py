@@ -154,7 +154,7 @@ def analytic_activation_bytes(spec: Any, plan: Any, *, dtype: str, tensor_parall
       attention = (heads + 2 kv heads) x head size / tp x 2 (q, k, v and the output buffer, twice for
       rotary copies); mlp = 3 x intermediate / tp (gate, up, activation product) for dense layers,
       for MoE: top-k x (3 x moe intermediate / tp + H) (vLLM fused_moe caches) + experts (router logits, f32);
-    sampler = R x V x (b + 34) + R x H x b, R = requests, V = vocabulary: the peak of the mirrored vLLM 0.11
+    sampler = R x V x (b + 36) + R x H x b, R = requests, V = vocabulary: the peak of the mirrored vLLM 0.11
       sampler (kvadvise/profile/sampler.py) per row and vocabulary entry, traced: the logits in the model
       dtype and in float32, the sorted values (float32) and indices (int64), the CUDA sort's workspace and
       the masks (tests/test_estimate_activation.py checks this against the traced sampler).

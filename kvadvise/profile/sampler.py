@@ -38,9 +38,10 @@ MIRRORED_VERSIONS = ("0.10.2", "0.11", "0.12")
 
 # mirrors vLLM 0.11 v1/sample/sampler.py _SAMPLING_EPS
 _SAMPLING_EPS = 1e-5
-# bytes per row and vocabulary entry at this sampler's traced peak, beyond the logits in the model dtype:
-# float32 logits, sorted values (float32) and indices (int64), the CUDA sort's workspace, the masks
-SAMPLER_BYTES_PER_ENTRY = 34
+# bytes per row and vocabulary entry at this sampler's traced peak, beyond the logits in the model dtype
+# (which _dummy_sampler_run keeps referenced): the float32 copy, the top-k/top-p sort's values (float32)
+# and indices (int64), the CUDA sort's workspace (8 + 4 + 8): 4 + 4 + 8 + 20 = 36 (the docstring's 38 - 2)
+SAMPLER_BYTES_PER_ENTRY = 36
 
 
 def sampler_rule(vllm_version: str) -> tuple[str, bool]:
