@@ -311,6 +311,24 @@ def test_100_mb_log_is_streamed(tmp_path):
     assert elapsed < 8, f"{elapsed:.1f} s for {size / 2**20:.0f} MiB"
 
 
+def test_log_full_of_trigger_lines_is_linear(tmp_path):
+    """Lines that hold a needle ("took", "memory") but no figure must each cost their own length only: a
+    20 MB log of them (no \r anywhere, the case that once rescanned the chunk per hit) parses in seconds."""
+    head = (LOGS / "qwen3-235b-tp4.log").read_bytes()
+    noise = (b"(APIServer pid=1) INFO 09-04 11:47:26 [logger.py:41] Request chatcmpl-1 took 0.31 s; "
+             b"memory use steady\n")
+    path = tmp_path / "triggers.log"
+    with open(path, "wb") as stream:
+        stream.write(head)
+        stream.write(noise * (20 * 10**6 // len(noise)))
+    started = time.perf_counter()
+    parse = parse_log(path)
+    elapsed = time.perf_counter() - started
+    assert parse.lines_read == head.count(b"\n") + 20 * 10**6 // len(noise)
+    assert [s.ranks[0].suggestion.fit_bytes for s in parse.startups] == [29407858586]
+    assert elapsed < 8, f"{elapsed:.1f} s for 20 MB of trigger lines"
+
+
 # Verbatim lines of a vLLM 0.11.0 TP4 start-up of Qwen3-VL-30B-A3B-Instruct (GitHub file, find_string/read_file
 # id 42514581982; the engine config line is cut where the stored excerpt ends), followed by one figure line
 # that is NOT from that log (hand-written, so that the start-up has a figure and is kept).

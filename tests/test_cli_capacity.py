@@ -174,16 +174,20 @@ def _bad_inputs(tmp_path: Path):
         "tp garbage": [LLAMA, *budget, "--tensor-parallel-size", "two"],
         "tp zero": [LLAMA, *budget, "--tensor-parallel-size", "0"],
         "block size zero": [LLAMA, *budget, "--block-size", "0"],
+        "block size vllm refuses": [LLAMA, *budget, "--block-size", "7"],
         "max model len garbage": [LLAMA, *budget, "--max-model-len", "1e5"],
         "unknown vllm version": [LLAMA, *budget, "--vllm-version", "0.9"],
         "negative gate": [LLAMA, *budget, "--min-tokens", "-1"],
+        "nan gate": [LLAMA, *budget, "--min-concurrency", "nan"],
+        "infinite gate": [LLAMA, *budget, "--min-concurrency", "inf"],
     }
 
 
 BAD_NAMES = ["missing path", "directory without config", "malformed json", "config without layer count",
              "unknown architecture", "no budget", "zero budget", "negative budget", "garbage budget", "unknown unit",
              "unknown kv dtype", "tp does not divide heads", "tp garbage", "tp zero", "block size zero",
-             "max model len garbage", "unknown vllm version", "negative gate"]
+             "block size vllm refuses", "max model len garbage", "unknown vllm version", "negative gate", "nan gate",
+             "infinite gate"]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
@@ -230,6 +234,41 @@ def test_unknown_architecture_with_standard_fields_is_described_and_warned(tmp_p
     assert any("'frobnicator' has no family rules" in w for w in document["warnings"])
     # described as the generic decoder it is: the same blocks as the Llama config it was made from
     assert document["kv_cache"]["num_blocks"] == run_json(LLAMA, "--kv-cache-memory-bytes", "40GiB")["kv_cache"]["num_blocks"]
+
+
+SPEC_CONFIGS = Path(__file__).parent / "data" / "configs"
+
+
+def test_llama31_405b_tp8_by_hand():
+    """126 layers; 8 kv heads / TP8 = 1 head x 128 x bf16: a 16-token page is 2 x 16 x 128 x 2 = 8,192 B a
+    layer, so 40 GiB is 40 x 2**30 // 8,192 // 126 = 41,610 blocks, 665,760 tokens, 41,610 / 8,192 at 131,072."""
+    kv = run_json(str(SPEC_CONFIGS / "meta-llama__Llama-3.1-405B.json"), "--kv-cache-memory-bytes", "40GiB",
+                  "-tp", "8")["kv_cache"]
+    assert (kv["kv_heads_per_rank"], kv["page_size_bytes"], kv["bytes_per_token"]) == (1, 8192, 126 * 512)
+    assert (kv["num_blocks"], kv["tokens"]) == (41610, 41610 * 16)
+    assert kv["max_concurrency"] == 41610 / 8192
+
+
+def test_llama4_maverick_tp8_chunked_groups_by_hand():
+    """36 chunked + 12 global layers: group_size min(36, 12) = 12 (36 is not < 1.5 x 12), so 4 groups of 12
+    share one pool of 40 x 2**30 // 8,192 // 12 blocks. One request of 1,048,576 tokens needs 65,536 blocks
+    in the global group and cdiv(8,192 + 8,192, 16) = 1,024 in each of the 3 chunked groups."""
+    kv = run_json(str(SPEC_CONFIGS / "meta-llama__Llama-4-Maverick-17B-128E-Instruct.TRIMMED.json"),
+                  "--kv-cache-memory-bytes", "40GiB", "-tp", "8", "--max-num-batched-tokens", "8192")["kv_cache"]
+    blocks = 40 * 2**30 // 8192 // 12
+    per_request = 1048576 // 16 + 3 * 1024
+    assert (kv["group_size"], kv["num_groups"], kv["num_blocks"]) == (12, 4, blocks)
+    assert kv["blocks_per_request"] == per_request
+    assert kv["max_concurrency"] == blocks / per_request
+    assert kv["tokens"] == int(blocks / per_request * 1048576)
+
+
+def test_every_block_size_vllm_accepts_is_accepted():
+    """vLLM 0.11 config/cache.py BlockSize: 1, 8, 16, 32, 64, 128, 256; at 256 a Llama block is 32 MiB (2 x 32
+    layers x 8 heads x 128 x 2 B x 256), so 40 GiB holds 1280 of them."""
+    for size in (1, 8, 16, 32, 64, 128, 256):
+        assert run(LLAMA, "--kv-cache-memory-bytes", "40GiB", "--block-size", str(size)).exit_code == 0, size
+    assert run_json(LLAMA, "--kv-cache-memory-bytes", "40GiB", "--block-size", "256")["kv_cache"]["num_blocks"] == 1280
 
 
 def test_vllm_version_with_patch_level():

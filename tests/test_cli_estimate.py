@@ -148,6 +148,8 @@ def test_unknown_gpu_lists_close_names(tiny_llama):
     (["--gpu-memory", "24GiB", "--gpu-free", "30GiB"], "exceeds the card's total"),
     (["--gpu", "h100", "--util", "1.5"], "--util"),
     (["--gpu", "h100", "--stage", "1"], "--stage needs --partition"),
+    (["--gpu", "h100", "--block-size", "24"], "--block-size must be one of 1, 8, 16, 32, 64, 128, 256"),
+    (["--gpu", "h100", "--min-concurrency", "nan"], "--min-concurrency must be a finite number"),
 ])
 def test_bad_input_exits_2(tiny_llama, args, message):
     result = runner.invoke(app, ["estimate", str(tiny_llama), *args])

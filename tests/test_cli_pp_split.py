@@ -388,6 +388,7 @@ def test_infeasible_table_says_what_fits():
     ("unknown gpu", ["--partition", "48,16", "--gpu", "nosuchcard"], "unknown GPU"),
     ("both cards", ["--partition", "48,16", "--gpu", "h100", "--gpu-memory", "80GiB"], "not both"),
     ("unreadable", ["--partition", "48;16", "--gpu-memory", "32GiB"], "cannot read"),
+    ("block size", ["--partition", "48,16", "--gpu-memory", "32GiB", "--block-size", "48"], "--block-size must be one of"),
 ])
 def test_bad_input_is_one_line_exit_2(name, args, message):
     result = run(QWEN32, *args)

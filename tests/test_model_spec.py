@@ -74,6 +74,7 @@ def test_llama2_7b_is_multi_head():
 @pytest.mark.parametrize("name, layers, hidden, kv, inter", [
     ("meta-llama__Llama-3.1-8B.json", 32, 4096, 8, 14336),
     ("meta-llama__Llama-3.1-70B.json", 80, 8192, 8, 28672),
+    ("meta-llama__Llama-3.1-405B.json", 126, 16384, 8, 53248),
 ])
 def test_llama31_gqa_and_llama3_rope_not_scaling_max_len(name, layers, hidden, kv, inter):
     spec = load(name)
@@ -105,6 +106,23 @@ def test_qwen25_sliding_window_disabled_by_use_sliding_window_false():
     assert kinds(spec_from_config(dict(edited, use_sliding_window=True), model_id="q")) == {SLIDING: 28}
 
 
+def test_qwen25_72b_gqa_window_off():
+    spec = load("Qwen__Qwen2.5-72B.json")
+    assert_consistent(spec)
+    assert raw("Qwen__Qwen2.5-72B.json")["use_sliding_window"] is False
+    assert (spec.num_layers, spec.num_attention_heads, spec.num_kv_heads, spec.head_size) == (80, 64, 8, 8192 // 64)
+    assert kinds(spec) == {FULL: 80}
+    assert (spec.intermediate_size, spec.vocab_size, spec.max_model_len) == (29568, 152064, 131072)
+
+
+def test_qwen3_06b_explicit_head_dim_and_tied_embeddings():
+    spec = load("Qwen__Qwen3-0.6B.json")
+    assert_consistent(spec)
+    # head_dim 128 is explicit; hidden_size // heads would give 1024 // 16 = 64
+    assert (spec.num_layers, spec.num_attention_heads, spec.num_kv_heads, spec.head_size) == (28, 16, 8, 128)
+    assert spec.tie_word_embeddings is True and spec.max_model_len == 40960 and kinds(spec) == {FULL: 28}
+
+
 def test_qwen3_8b():
     spec = load("Qwen__Qwen3-8B.json")
     assert (spec.num_layers, spec.num_kv_heads, spec.head_size, spec.max_model_len) == (36, 8, 128, 40960)
@@ -125,6 +143,14 @@ def test_mixtral_8x7b_experts_use_intermediate_size():
     assert (spec.num_experts, spec.num_experts_per_token, spec.moe_intermediate_size) == (8, 2, 14336)
     assert kinds(spec) == {FULL: 32}  # "sliding_window": null
     assert spec.max_model_len == 32768
+
+
+def test_mixtral_8x22b():
+    spec = load("mistralai__Mixtral-8x22B-v0.1.json")
+    assert_consistent(spec)
+    assert (spec.num_layers, spec.num_attention_heads, spec.num_kv_heads, spec.head_size) == (56, 48, 8, 6144 // 48)
+    assert (spec.num_experts, spec.num_experts_per_token, spec.moe_intermediate_size) == (8, 2, 16384)
+    assert kinds(spec) == {FULL: 56} and spec.max_model_len == 65536 and spec.vocab_size == 32000
 
 
 def test_mistral_v03_dumped_has_no_window():
@@ -289,6 +315,19 @@ def test_llama4_scout_trimmed_chunked_every_fourth_global():
     assert (spec.num_kv_heads, spec.head_size) == (8, 128)
     assert (spec.num_experts, spec.num_experts_per_token, spec.moe_intermediate_size) == (16, 1, 8192)
     assert spec.max_model_len == 10485760  # llama3 rope: no factor
+    assert any("no_rope_layers not in the config" in note for note in spec.notes)
+
+
+def test_llama4_maverick_trimmed_same_layer_pattern_128_experts():
+    spec = load("meta-llama__Llama-4-Maverick-17B-128E-Instruct.TRIMMED.json")
+    assert_consistent(spec)
+    assert raw("meta-llama__Llama-4-Maverick-17B-128E-Instruct.TRIMMED.json")["text_config"]["interleave_moe_layer_step"] == 2
+    assert spec.model_type == "llama4_text" and spec.num_layers == 48
+    assert indices(spec, FULL) == list(range(3, 48, 4)) and kinds(spec) == {CHUNKED: 36, FULL: 12}
+    assert {layer.attention_chunk_size for layer in spec.layers if layer.kind is CHUNKED} == {8192}
+    assert (spec.num_kv_heads, spec.head_size, spec.vocab_size) == (8, 128, 202048)
+    assert (spec.num_experts, spec.num_experts_per_token, spec.moe_intermediate_size) == (128, 1, 8192)
+    assert spec.max_model_len == 1048576  # rope_scaling null
     assert any("no_rope_layers not in the config" in note for note in spec.notes)
 
 

@@ -37,6 +37,21 @@ def test_write_json_atomic(tmp_path):
     assert os.listdir(target.parent) == ["report.json"]
 
 
+def test_write_json_atomic_gives_the_mode_open_would(tmp_path):
+    """mkstemp's 0600 must not survive the rename: a new report is 0666 less the umask, a replaced one keeps
+    its mode."""
+    target = tmp_path / "report.json"
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(target, {"a": 1})
+        assert target.stat().st_mode & 0o777 == 0o644
+        os.chmod(target, 0o640)
+        write_json_atomic(target, {"a": 2})
+        assert target.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
 def test_write_json_atomic_leaves_old_file_on_failure(tmp_path):
     target = tmp_path / "report.json"
     write_json_atomic(target, {"a": 1})

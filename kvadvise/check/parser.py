@@ -820,14 +820,21 @@ class _Reader:
             body, buffer = buffer[:cut], buffer[cut:]
             counted_to, line_number = 0, line_base
             for start in _candidate_starts(body):
-                ends = [i for i in (body.find(b"\n", start), body.find(b"\r", start)) if i >= 0]
                 line_number += body.count(b"\n", counted_to, start)
                 counted_to = start
-                yield line_number, body[start:min(ends) if ends else len(body)]
+                yield line_number, body[start:_line_end(body, start)]
             line_base += body.count(b"\n")
             if not chunk:
                 break
         self.lines_read = line_base - 1 + (0 if ends_with_newline or self.bytes_read == 0 else 1)
+
+
+def _line_end(body: bytes, start: int) -> int:
+    """Where the line from `start` ends: the first \n or \r after it, else the end of `body`."""
+    newline = body.find(b"\n", start)
+    bound = len(body) if newline < 0 else newline
+    carriage = body.find(b"\r", start, bound)
+    return bound if carriage < 0 else carriage
 
 
 def _candidate_starts(body: bytes) -> list[int]:
@@ -836,7 +843,9 @@ def _candidate_starts(body: bytes) -> list[int]:
     for needle in _NEEDLES:
         position = body.find(needle)
         while position >= 0:
-            start = max(body.rfind(b"\n", 0, position), body.rfind(b"\r", 0, position)) + 1
+            # each search stops at the line's own bounds: a log without \r must not be rescanned per hit
+            newline = body.rfind(b"\n", 0, position)
+            start = max(newline, body.rfind(b"\r", newline + 1, position)) + 1
             starts.add(start)
             following = body.find(b"\n", position)  # the rest of this line is already a candidate
             if following < 0:

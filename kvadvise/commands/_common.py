@@ -120,10 +120,10 @@ def execute(body: Callable[[], Outcome], *, json_mode: bool = False, output: Opt
             from kvadvise.errors import InputError
 
             raise InputError(f"--min-tokens must be >= 0, got {min_tokens}")
-        if min_concurrency is not None and min_concurrency < 0:
+        if min_concurrency is not None and not (0 <= min_concurrency < float("inf")):  # NaN fails too
             from kvadvise.errors import InputError
 
-            raise InputError(f"--min-concurrency must be >= 0, got {min_concurrency}")
+            raise InputError(f"--min-concurrency must be a finite number >= 0, got {min_concurrency}")
         outcome = body()
         failures = gate_failures(outcome, min_tokens, min_concurrency)
         if output is not None:

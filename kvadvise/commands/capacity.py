@@ -24,7 +24,7 @@ def capacity(
         None, "--kv-cache-memory-bytes", metavar="BYTES",
         help="KV-cache budget per GPU, as vLLM takes it: 16g (10^9), 16G (2^30), 80GiB, 80GB or bytes."),
     tensor_parallel_size: Optional[str] = typer.Option(
-        "1", "--tensor-parallel-size", metavar=_INT_METAVAR, help="Tensor-parallel size (KV heads split per rank)."),
+        "1", "--tensor-parallel-size", "-tp", metavar=_INT_METAVAR, help="Tensor-parallel size (KV heads split per rank)."),
     kv_cache_dtype: str = typer.Option(
         "auto", "--kv-cache-dtype", metavar="DTYPE",
         help="auto (the model dtype), bfloat16, float16, fp8, fp8_e4m3, fp8_e5m2."),
@@ -55,7 +55,7 @@ def capacity(
     def body() -> Outcome:
         from kvadvise.errors import InputError
         from kvadvise.model.spec import load_model_spec
-        from kvadvise.plan.kv import KvSettings, budget_for_model_len, kv_capacity, kv_layout
+        from kvadvise.plan.kv import KvSettings, budget_for_model_len, check_block_size, kv_capacity, kv_layout
         from kvadvise.report.capacity import capacity_renderer, kv_cache_json, model_json
         from kvadvise.report.common import make_document
         from kvadvise.units import parse_bytes
@@ -67,7 +67,7 @@ def capacity(
         settings = KvSettings(
             tensor_parallel_size=parse_positive_int(tensor_parallel_size, "--tensor-parallel-size") or 1,
             kv_cache_dtype=kv_cache_dtype.strip(),
-            block_size=parse_positive_int(block_size, "--block-size"),
+            block_size=check_block_size(parse_positive_int(block_size, "--block-size")),
             max_model_len=parse_positive_int(max_model_len, "--max-model-len"),
             max_num_batched_tokens=parse_positive_int(max_num_batched_tokens, "--max-num-batched-tokens"),
             vllm_version=vllm_version.strip(),

@@ -318,7 +318,7 @@ def pp_split(
         from kvadvise.errors import InputError
         from kvadvise.model.spec import load_model_spec
         from kvadvise.plan import pp
-        from kvadvise.plan.kv import KvSettings
+        from kvadvise.plan.kv import KvSettings, check_block_size
         from kvadvise.report.common import make_document
         from kvadvise.report.pp_split import infeasible_text, pp_split_json, pp_split_renderer
         from kvadvise.units import parse_bytes, parse_bytes_list
@@ -339,7 +339,7 @@ def pp_split(
         settings = KvSettings(
             tensor_parallel_size=parse_positive_int(tensor_parallel_size, "--tensor-parallel-size") or 1,
             kv_cache_dtype=kv_cache_dtype,
-            block_size=parse_positive_int(block_size, "--block-size"),
+            block_size=check_block_size(parse_positive_int(block_size, "--block-size")),
             max_model_len=parse_positive_int(max_model_len, "--max-model-len"),
             max_num_batched_tokens=parse_positive_int(max_num_batched_tokens, "--max-num-batched-tokens"),
             vllm_version=vllm_version,

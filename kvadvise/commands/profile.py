@@ -155,7 +155,7 @@ def _target_card(kind: str, gpu: Optional[str], gpu_memory: Optional[str], gpu_f
 
 def resolve_settings(options: dict[str, Any], spec: Any, warnings: list[str]) -> Any:
     """Check the options against the model and turn them into ProfileSettings."""
-    from kvadvise.plan.kv import DEFAULT_VLLM_VERSION, KV_CACHE_DTYPES, VLLM_VERSIONS
+    from kvadvise.plan.kv import DEFAULT_VLLM_VERSION, KV_CACHE_DTYPES, VLLM_VERSIONS, check_block_size
     from kvadvise.plan.pp import check_partition, parse_partition
     from kvadvise.profile.session import ProfileSettings
 
@@ -175,6 +175,7 @@ def resolve_settings(options: dict[str, Any], spec: Any, warnings: list[str]) ->
     for key in ("max_num_batched_tokens", "max_num_seqs", "max_model_len", "block_size"):
         if options[key] is not None and options[key] < 1:
             raise InputError(f"--{key.replace('_', '-')} must be >= 1, got {options[key]}")
+    check_block_size(options["block_size"])
     if options["tensor_parallel_size"] < 1:
         raise InputError(f"--tensor-parallel-size must be >= 1, got {options['tensor_parallel_size']}")
     partition = None

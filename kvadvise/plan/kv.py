@@ -33,6 +33,8 @@ MAMBA_SSM_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 # mirrors vLLM 0.11 config/cache.py: block_size defaults to 16 on CUDA.
 DEFAULT_BLOCK_SIZE = 16
+# mirrors vLLM 0.11 config/cache.py BlockSize: the values `vllm serve --block-size` accepts.
+BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
 # mirrors vLLM 0.11 platforms/cuda.py: FlashMLA (the Hopper MLA default) forces block_size 64;
 # CUTLASS MLA (the Blackwell default) forces 128 -- pass --block-size 128 for Blackwell.
 MLA_DEFAULT_BLOCK_SIZE = 64
@@ -420,6 +422,16 @@ class _LayerKv:
     def type_key(self) -> tuple:
         """Layers with equal keys have equal vLLM KVCacheSpecs (same_type_layers in kv_cache_utils)."""
         return (self.kind, self.bytes_per_token, self.state_bytes, self.sliding_window, self.attention_chunk_size)
+
+
+def check_block_size(value: Optional[int]) -> Optional[int]:
+    """A --block-size as a user passes it to vLLM: one of BLOCK_SIZES (None = vLLM's default for the model).
+
+    Only the flag is checked: the block size vLLM derives for a hybrid model (e.g. 544) is internal."""
+    if value is not None and value not in BLOCK_SIZES:
+        raise InputError(f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))} (vLLM's choices), "
+                         f"got {value!r}")
+    return value
 
 
 def _positive(value: Optional[int], what: str) -> None:

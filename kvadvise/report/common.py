@@ -45,6 +45,8 @@ def write_json_atomic(path: str | os.PathLike[str], document: dict[str, Any]) ->
             stream.write(dumps(document))
             stream.flush()
             os.fsync(stream.fileno())
+        # mkstemp makes the file 0600; give the report the mode a plain open() would (or the replaced file's)
+        os.chmod(temp_name, _report_mode(target))
         os.replace(temp_name, target)
     except BaseException:
         try:
@@ -52,6 +54,16 @@ def write_json_atomic(path: str | os.PathLike[str], document: dict[str, Any]) ->
         except FileNotFoundError:
             pass
         raise
+
+
+def _report_mode(target: Path) -> int:
+    """The replaced file's permission bits, else 0666 less the umask, as open(target, "w") would create it."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def gib(num_bytes: int | None, digits: int = 2) -> str:
