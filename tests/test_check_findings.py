@@ -105,6 +105,10 @@ def test_glm_tp3_ranks_differ_and_graphs_twice():
     # TP1 printed no estimate of its own: TP0's 0.38 GiB is used, and the message says so
     borrowed = next(f for f in result.findings if f.code == "graph_counted_twice" and f.rank == "Worker_TP1_EP1")
     assert "that Worker_TP0_EP0 printed" in borrowed.message
+    # the message names what is counted twice (the 0.38 GiB estimate inside the activation plus the 0.25 GiB
+    # pool) and the correction is the estimate's worth
+    assert "0.38 GiB CUDA-graph estimate" in borrowed.message and "0.25 GiB graph pool on top" in borrowed.message
+    assert "graph memory counted twice; with the estimate taken out of the activation" in borrowed.message
     assert tp1.corrected_fit.contains(18609223762 + Size("0.38").bytes)
     assert result.bottleneck_rank == "Worker_TP1_EP1"
     assert result.recommended_kv_cache_memory_bytes == tp1.corrected_fit.low
@@ -273,6 +277,48 @@ def test_case08_llama31_blocks_and_concurrency():
     spec = load_model_spec(str(CONFIGS / "meta-llama__Llama-3.1-8B.json"))
     kv = check("case08.log", spec=spec).kv
     assert kv.agrees and kv.num_blocks == (1948, 1953)  # README: 3.81 GiB -> 1,948-1,953 blocks; log 1,952
+
+
+# A V0 start-up of gemma-2-9b-it written in the line format of case01/case02 (vLLM 0.6.4, worker.py and
+# gpu_executor.py); the figures are made up, the blocks worked out by hand from V0's rule below.
+GEMMA2_V0 = """\
+INFO 11-20 10:00:00 llm_engine.py:249] Initializing an LLM engine (v0.6.4) with config: model='google/gemma-2-9b-it', speculative_config=None, tokenizer='google/gemma-2-9b-it', dtype=torch.bfloat16, max_seq_len=8192, tensor_parallel_size=1, pipeline_parallel_size=1, kv_cache_dtype=auto
+INFO 11-20 10:00:30 worker.py:232] Memory profiling results: total_gpu_memory=79.15GiB initial_memory_usage=18.02GiB peak_torch_memory=19.01GiB memory_usage_post_profile=18.16GiB non_torch_memory=0.61GiB kv_cache_size=52.62GiB gpu_memory_utilization=0.90
+INFO 11-20 10:00:30 gpu_executor.py:76] # GPU blocks: 10263, # CPU blocks: 780
+INFO 11-20 10:00:30 gpu_executor.py:80] Maximum concurrency for 8192 tokens per request: 20.04x
+"""
+
+
+def test_v0_sliding_window_model_is_sized_as_v0_does():
+    """V0's CacheEngine gives every one of gemma-2's 42 layers (21 of them sliding, window 4096) the whole
+    context: a 16-token block is 42 x 2 x 16 x 8 heads x 256 x 2 B = 5,505,024 B, so 52.62 GiB
+    ([52.615, 52.625) GiB) is 10,262-10,264 blocks, and 10,263 x 16 / 8,192 = 20.04x. The V1 grouping (21 + 21
+    layers, a page per layer) would make it 20,524 blocks and call the log wrong."""
+    spec = load_model_spec(str(CONFIGS / "google__gemma-2-9b-it.json"))
+    result = check_startup(parse_text(GEMMA2_V0), spec=spec)
+    kv = result.kv
+    assert kv.num_blocks == (10262, 10264) and kv.logged_blocks == 10263
+    assert kv.max_concurrency == (10262 * 16 / 8192, 10264 * 16 / 8192)
+    assert kv.agrees and "kv_tokens_mismatch" not in [f.code for f in result.findings]
+    assert any("V0 engine: 21 sliding_window layer(s)" in note for note in kv.notes)
+    # the same lines from a V1 engine are sized with V1's grouping, and 10,263 blocks is then a finding
+    v1 = GEMMA2_V0.replace("Initializing an LLM engine (v0.6.4)", "Initializing a V1 LLM engine (v0.10.2)")
+    v1_result = check_startup(parse_text(v1), spec=spec)
+    assert v1_result.kv.num_blocks[0] > 20000 and "kv_tokens_mismatch" in [f.code for f in v1_result.findings]
+
+
+def test_case15_mismatch_says_the_other_ranks_were_not_printed():
+    """case15 prints one budget (8.11 GiB) for a TP4 engine and 178,880 tokens, below the 180,816.. that 8.11
+    GiB buys: the message says why (the minimum over ranks), not only that the figures differ."""
+    spec = load_model_spec(str(Path(__file__).parent / "data" / "kv_configs" / "Qwen__Qwen3-235B-A22B.json"))
+    finding = next(f for f in check("case15.log", spec=spec).findings if f.code == "kv_tokens_mismatch")
+    assert "180,816..181,040 tokens" in finding.message
+    assert "only 1 of 4 ranks printed a budget" in finding.message and "by the smallest" in finding.message
+    # a single-rank engine with too few tokens gets no such excuse
+    single = GEMMA2_V0.replace("# GPU blocks: 10263", "# GPU blocks: 9000")
+    gemma = load_model_spec(str(CONFIGS / "google__gemma-2-9b-it.json"))
+    lone = next(f for f in check_startup(parse_text(single), spec=gemma).findings if f.code == "kv_tokens_mismatch")
+    assert "ranks printed" not in lone.message
 
 
 # ---- rules and errors ---------------------------------------------------------------------------------

@@ -374,3 +374,15 @@ def test_crlf_line_endings(tmp_path):
         assert windows.lines_read == unix.lines_read
         assert windows.startups[0].config == unix.startups[0].config
         assert [r.suggestion for r in windows.startups[0].ranks] == [r.suggestion for r in unix.startups[0].ranks]
+
+
+def test_v06_engine_line_without_engine_word_gives_the_version():
+    """vLLM 0.6-0.7.1 print "Initializing an LLM engine (v0.6.4.post1)" with no V0/V1 word (a public log of
+    microsoft/phi-1_5, find_string id 19059716582); the version is read and the engine left unknown."""
+    text = ("INFO 12-06 11:39:30 llm_engine.py:249] Initializing an LLM engine (v0.6.4.post1) with config: "
+            "model='microsoft/phi-1_5', speculative_config=None, tokenizer='microsoft/phi-1_5', "
+            "skip_tokenizer_init=False\n"
+            "INFO 12-06 11:39:40 gpu_executor.py:122] # GPU blocks: 715, # CPU blocks: 1310\n")
+    startup = parse_text(text).startups[0]
+    assert (startup.vllm_version, startup.engine_version, startup.config.model) == ("0.6.4.post1", None,
+                                                                                    "microsoft/phi-1_5")

@@ -223,6 +223,20 @@ def tensor_parallel_size(startup: StartupLog) -> tuple[Optional[int], Optional[s
     return None, None
 
 
+def _unseen_ranks_clause(startup: StartupLog, checks: list["RankCheck"], kv: KvComparison) -> str:
+    """Why a log can show fewer tokens than its printed budget buys: not every rank printed its budget, and
+    vLLM sizes every rank's cache by the smallest (mirrors vLLM 0.11 v1/core/kv_cache_utils.py: num_blocks is the
+    minimum over the workers)."""
+    tp, _ = tensor_parallel_size(startup)
+    printed = sum(1 for c in checks if c.budget is not None)
+    below = ((kv.logged_tokens is not None and kv.logged_tokens < kv.tokens[0])
+             or (kv.logged_blocks is not None and kv.logged_blocks < kv.num_blocks[0]))
+    if not below or tp is None or printed >= tp:
+        return ""
+    return (f"; only {printed} of {tp} ranks printed a budget, and vLLM sizes every rank's cache by the smallest: "
+            f"an unseen rank with less memory left gives fewer tokens, so this is expected, not a fault")
+
+
 def _gib_text(value: int | float) -> str:
     return gib(round(value))  # message text only: byte-to-GiB conversion lives in report/
 
@@ -379,7 +393,8 @@ def _estimate_counted_twice(rank: RankLog, weights: ByteRange, non_torch: ByteRa
         "graph_counted_twice", "error",
         f"{rank.label}: the {suggestion.activation_peak} peak activation already holds the {estimate_size} "
         f"CUDA-graph estimate{borrowed}{assumed}, and the suggestion subtracts the {suggestion.cuda_graph} graph "
-        f"pool again: 'fit' should be {_range_text(fit)} B{printed}", rank.label))
+        f"pool on top: graph memory counted twice; with the estimate taken out of the activation (the actual "
+        f"pool counted once), 'fit' should be {_range_text(fit)} B{printed}", rank.label))
     return fit, full
 
 
@@ -562,9 +577,18 @@ def compare_kv(startup: StartupLog, spec: "ModelSpec", budget: ByteRange, rules:
                           vllm_version=rules)
     if tp is None:
         notes.append("tensor-parallel size not in the log: 1 assumed")
+    v0 = is_v0_engine(startup)
+    if v0:
+        spec, v0_note = v0_cache_view(spec)
+        if v0_note:
+            notes.append(v0_note)
     layout = kv_layout(spec, settings)
     notes.extend(layout.assumptions)
     low, high = kv_capacity(layout, max(budget.low, 0)), kv_capacity(layout, max(budget.high, 0))
+    concurrency = (low.max_concurrency, high.max_concurrency)
+    if v0:
+        # mirrors vLLM 0.7 executor/executor_base.py: num_gpu_blocks * block_size / max_model_len
+        concurrency = tuple(c.num_blocks * layout.block_size / layout.max_model_len for c in (low, high))
     logged_blocks = startup.engine_value("gpu_blocks")
     logged_tokens = startup.engine_value("kv_tokens")
     logged_concurrency = startup.engine_value("max_concurrency")
@@ -575,13 +599,48 @@ def compare_kv(startup: StartupLog, spec: "ModelSpec", budget: ByteRange, rules:
         agrees = False
     if logged_concurrency is not None and startup.engine_value("max_concurrency_len") == layout.max_model_len:
         # vLLM prints concurrency with 2 decimals
-        if not low.max_concurrency - 0.005 <= logged_concurrency <= high.max_concurrency + 0.005:
+        if not concurrency[0] - 0.005 <= logged_concurrency <= concurrency[1] + 0.005:
             agrees = False
     return KvComparison(model_id=spec.model_id, vllm_rules=rules, budget=budget, max_model_len=layout.max_model_len,
                         num_blocks=(low.num_blocks, high.num_blocks), tokens=(low.tokens, high.tokens),
-                        max_concurrency=(low.max_concurrency, high.max_concurrency), logged_blocks=logged_blocks,
+                        max_concurrency=concurrency, logged_blocks=logged_blocks,
                         logged_tokens=logged_tokens, logged_max_concurrency=logged_concurrency, agrees=agrees,
                         notes=tuple(notes))
+
+
+def is_v0_engine(startup: StartupLog) -> bool:
+    """A V0 engine wrote the log: it says so, or it names a release before 0.8 (V1 became the default in 0.8)."""
+    if startup.engine_version is not None:
+        return startup.engine_version == "V0"
+    key = _version_key(startup.vllm_version)
+    return key is not None and key < (0, 8)
+
+
+def v0_cache_view(spec: "ModelSpec") -> tuple["ModelSpec", Optional[str]]:
+    """The model as V0's CacheEngine sizes a block: one page per attention layer, each holding the whole
+    context (no sliding-window or chunked saving, no hybrid grouping); Mamba state lives outside the blocks.
+
+    mirrors vLLM 0.7 worker/cache_engine.py get_cache_block_size: num_attention_layers x block x (K + V)."""
+    from dataclasses import replace
+
+    from kvadvise.model.spec import LayerKind
+
+    changed = {LayerKind.SLIDING: 0, LayerKind.CHUNKED: 0, LayerKind.MAMBA: 0}
+    layers = []
+    for layer in spec.layers:
+        if layer.kind in (LayerKind.SLIDING, LayerKind.CHUNKED):
+            changed[layer.kind] += 1
+            layer = replace(layer, kind=LayerKind.FULL, sliding_window=None, attention_chunk_size=None)
+        elif layer.kind == LayerKind.MAMBA:
+            changed[layer.kind] += 1
+            layer = replace(layer, kind=LayerKind.NONE, mamba=None)
+        layers.append(layer)
+    if not any(changed.values()):
+        return spec, None
+    parts = [f"{count} {kind.value} layer(s)" for kind, count in changed.items() if count]
+    return (replace(spec, layers=tuple(layers)),
+            f"V0 engine: {', '.join(parts)} sized as V0's CacheEngine does (attention layers hold the whole "
+            f"context; Mamba state outside the KV blocks)")
 
 
 def engine_budget(checks: list[RankCheck]) -> Optional[ByteRange]:
@@ -643,7 +702,7 @@ def check_startup(parse: LogParse, *, spec: Optional["ModelSpec"] = None, vllm_v
                     "kv_tokens_mismatch", "warning",
                     f"vLLM printed {printed} but {spec.model_id}'s config gives {kv.tokens[0]:,}..{kv.tokens[1]:,} "
                     f"tokens ({kv.num_blocks[0]:,}..{kv.num_blocks[1]:,} blocks) for the {_gib_text(budget.middle)} "
-                    f"budget under vLLM {rules} rules"))
+                    f"budget under vLLM {rules} rules{_unseen_ranks_clause(startup, checks, kv)}"))
 
     if kv is not None and kv.max_concurrency[1] < 1:
         findings = [_with_kv_cause(finding, kv) for finding in findings]

@@ -303,7 +303,8 @@ _NO_MEMORY = re.compile(r"No available memory for the cache blocks")
 _FAILED = re.compile(r"Engine ?[Cc]ore failed to start|Engine core initialization failed")
 # version and configuration
 _VERSION_PATTERNS = (
-    re.compile(r"Initializing an? (?P<engine>V[01]) LLM engine \(v(?P<v>[^)\s]+)\)"),
+    # 0.6-0.7.1 print no engine word: "Initializing an LLM engine (v0.6.4.post1) with config: ..."
+    re.compile(r"Initializing an? (?:(?P<engine>V[01]) )?LLM engine \(v(?P<v>[^)\s]+)\)"),
     re.compile(r"vLLM API server version (?P<v>v?\d[^\s,]*)"),
     re.compile(r"vLLM version (?P<v>v?\d[^\s,]*)"),
 )
