@@ -686,6 +686,9 @@ def test_estimate_engine_per_stage_shape():
     assert "estimated weights" in document["moved_layer_weights"]["source"]
     split = document["suggested_partition"]
     assert split[1] > split[0]
+    # the config-file warning every stage's estimate gives is said once, for the whole report
+    config_file = [w for w in document["warnings"] if "is a config file, which vLLM cannot serve" in w]
+    assert len(config_file) == 1 and not config_file[0].startswith("stage ")
 
 
 def test_estimate_engine_failure_falls_back_to_parameter_counts(monkeypatch):

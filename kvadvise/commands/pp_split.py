@@ -12,6 +12,8 @@ extras) where the stages were measured or estimated by the engine, else from par
 
 from __future__ import annotations
 
+import re
+
 import json
 import os
 from pathlib import Path
@@ -148,6 +150,12 @@ def _rotary_cache_bytes(result) -> int:
         return int(buffers.rotary_cache_bytes)
     detail = getattr(result, "detail", None) or {}
     return int(((detail.get("weights") or {}).get("vllm_extra") or {}).get("rotary cos/sin cache", 0))
+
+
+def _drop_stage_copies(warnings: list) -> list:
+    """A stage's warning that the whole report also gives (e.g. the config-file MODEL one) is said once, unprefixed."""
+    plain = {w for w in warnings if not re.match(r"stage \d+: ", w)}
+    return [w for w in warnings if not (re.match(r"stage \d+: ", w) and w.split(": ", 1)[1] in plain)]
 
 
 def _add_stage_warnings(index: int, new: list, warnings: list) -> None:
@@ -482,7 +490,7 @@ def pp_split(
         plan = pp.plan_pp_split(spec, settings, split, cards=cards, non_kv=non_kv,
                                 layer_weights_bytes=layer_weights, kv_cache_memory_bytes=budget,
                                 layer_weights_method=layer_method, layer_weights_source=layer_source)
-        warnings += list(plan.warnings)
+        warnings = _drop_stage_copies(warnings + list(plan.warnings))
         inputs = {
             "model": model,
             "partition": list(split),
