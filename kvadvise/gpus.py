@@ -108,6 +108,10 @@ CATALOG: tuple[GpuSpec, ...] = (
             "torch get_device_properties: name='NVIDIA GeForce RTX 4090', total_memory=24563MB (public "
             "repo); nvidia-smi shows 24564MiB (vllm-project/vllm#7553)",
             aliases=("4090", "GeForce-RTX-4090")),
+    GpuSpec("RTX-5070-Ti", "NVIDIA GeForce RTX 5070 Ti", _mib(16303 - 1), "blackwell", "nvidia",
+            "nvidia-smi '13603MiB / 16303MiB' on an RTX 5070 Ti (public repo notes, find_string id 34106374267) "
+            "minus 1 MiB, ASSUMED equal to the RTX 4090's NVML-to-CUDA gap (24564 vs 24563 MiB)",
+            aliases=("5070Ti", "GeForce-RTX-5070-Ti")),
     GpuSpec("RTX-5090", "NVIDIA GeForce RTX 5090", _mib(32607 - 1), "blackwell", "nvidia",
             "NVML memory total 32607 MiB on an RTX 5090 (public repo log) minus 1 MiB, ASSUMED equal to "
             "the RTX 4090's NVML-to-CUDA gap (24564 vs 24563 MiB)",

@@ -99,6 +99,18 @@ def test_catalog_card_names():
     assert document["stages"][0]["methods"]["card"] == "catalog"
 
 
+def test_the_issues_own_card_list_rtx5070ti_and_rtx5090():
+    """`--gpu rtx5070ti,rtx5090`: each stage on its own card (16,302 and 32,606 MiB as CUDA reports them), and
+    the suggestion moves layers onto the 5090."""
+    document = run_json(QWEN8, "--partition", "18,18", "--gpu", "rtx5070ti,rtx5090", "--parameter-counts",
+                        "--max-model-len", "8192")
+    assert [s["card"] for s in document["stages"]] == ["RTX-5070-Ti", "RTX-5090"]
+    assert [s["total_bytes"] for s in document["stages"]] == [16302 * MIB, 32606 * MIB]
+    first, second = document["suggested_partition"]
+    assert first + second == 36 and second > first
+    assert document["suggested_tokens"] > document["uniform"]["tokens"]
+
+
 def write_profile(path: Path, *, total, free, weights, activation, non_torch, graphs, util, partition, stage,
                   vllm_buffers=None):
     """A `kvadvise profile --partition ... --stage i --json` document with the keys pp-split reads."""

@@ -28,6 +28,8 @@ from kvadvise.gpus import CATALOG, GIB, MIB, lookup_gpu, match_device_name
     ("b200", "B200"),
     ("rtx 3090", "RTX-3090"),
     ("RTX5090", "RTX-5090"),
+    ("rtx5070ti", "RTX-5070-Ti"),          # issue 5's own example: --gpu rtx5070ti,rtx5090
+    ("RTX 5070 Ti", "RTX-5070-Ti"),
     ("rtx pro 6000", "RTX-PRO-6000"),
     ("MI300X", "MI300X"),
     ("AMD Instinct MI300X", "MI300X"),
@@ -52,6 +54,12 @@ def test_totals_print_as_vllm_logged_them(name, logged_gib):
     total = lookup_gpu(name).total_bytes
     # vLLM prints round(bytes / 2**30, 2): the stored bytes must fall in the log's rounding interval
     assert (logged_gib - 0.005) * GIB <= total < (logged_gib + 0.005) * GIB
+
+
+def test_rtx_5070_ti_total():
+    # nvidia-smi 16303 MiB less the 1 MiB NVML-to-CUDA gap of the RTX 4090: 16302 MiB = 15.92 GiB
+    assert lookup_gpu("rtx5070ti").total_bytes == 16302 * MIB
+    assert lookup_gpu("rtx5070ti").family == "blackwell"
 
 
 def test_two_sources_keep_the_smaller_total():
@@ -79,7 +87,8 @@ def test_torch_printed_totals_are_whole_mib():
 
 def test_catalog_is_well_formed():
     for spec in CATALOG:
-        assert isinstance(spec.total_bytes, int) and spec.total_bytes > 16 * GIB
+        # the smallest card is a 16 GB one (RTX 5070 Ti, 15.92 GiB as CUDA reports it)
+        assert isinstance(spec.total_bytes, int) and spec.total_bytes > 15 * GIB
         assert spec.source and spec.family in {"ampere", "ada", "hopper", "blackwell", "cdna3"}
         assert lookup_gpu(spec.key) is spec
         assert lookup_gpu(spec.device_name) is spec

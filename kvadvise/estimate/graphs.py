@@ -40,7 +40,7 @@ DEFAULT_NON_TORCH_TP1_BYTES = _gib(16)   # unknown card (--gpu-memory): the larg
 #   consumer cards:   case20 2x RTX 4090 TP 2 logs 0.25 GiB, minus ada's 0.08 = 0.17 GiB.
 NON_TORCH_TP_EXTRA_DATACENTER_BYTES = _gib(138) - _gib(16)
 NON_TORCH_TP_EXTRA_CONSUMER_BYTES = _gib(25) - _gib(8)
-CONSUMER_KEYS = ("RTX-3090", "RTX-4090", "RTX-5090", "RTX-PRO-6000", "A10", "A10G", "L4")
+CONSUMER_KEYS = ("RTX-3090", "RTX-4090", "RTX-5070-Ti", "RTX-5090", "RTX-PRO-6000", "A10", "A10G", "L4")
 
 # Per captured size, beyond the shared pool. A public vLLM V1 log of an 8B dense model ("Model loading took
 # 14.99 GiB"; "Capturing CUDA graphs (mixed prefill-decode, PIECEWISE): 51/51", "(decode, FULL): 35/35",
