@@ -263,6 +263,18 @@ def test_llama4_maverick_tp8_chunked_groups_by_hand():
     assert kv["tokens"] == int(blocks / per_request * 1048576)
 
 
+def test_falcon_7b_mqa_by_hand():
+    """One KV head of 64 in bf16: a 16-token page is 2 x 16 x 1 x 64 x 2 = 4,096 B a layer; 10 GiB over 32
+    layers is 81,920 blocks, 1,310,720 tokens, 640x at 2,048 (128 blocks a request)."""
+    kv = run_json(str(SPEC_CONFIGS / "tiiuae__falcon-7b.json"), "--kv-cache-memory-bytes", "10GiB")["kv_cache"]
+    assert (kv["kv_heads_per_rank"], kv["page_size_bytes"], kv["bytes_per_token"]) == (1, 4096, 32 * 256)
+    assert (kv["num_blocks"], kv["tokens"], kv["max_concurrency"]) == (81920, 1310720, 640.0)
+    # 71 heads: TP 2 is refused as vLLM refuses it; at TP 71 the one KV head is replicated on every rank
+    falcon = str(SPEC_CONFIGS / "tiiuae__falcon-7b.json")
+    assert run(falcon, "--kv-cache-memory-bytes", "10GiB", "-tp", "2").exit_code == 2
+    assert run_json(falcon, "--kv-cache-memory-bytes", "10GiB", "-tp", "71")["kv_cache"]["num_blocks"] == 81920
+
+
 def test_every_block_size_vllm_accepts_is_accepted():
     """vLLM 0.11 config/cache.py BlockSize: 1, 8, 16, 32, 64, 128, 256; at 256 a Llama block is 32 MiB (2 x 32
     layers x 8 heads x 128 x 2 B x 256), so 40 GiB holds 1280 of them."""

@@ -2,8 +2,8 @@
 
 Every expected number below was read by hand from the config file it tests (or derived from it by the
 vLLM rule named next to it); a few cross-checks rebuild the same config with transformers' own classes
-as a second method. Configs for which no public copy exists (MQA, Mistral-7B-v0.1's uniform window) are
-built here and say so.
+as a second method. Configs for which no public copy exists (gpt_bigcode MQA, Mistral-7B-v0.1's uniform
+window) are built here and say so; falcon-7b's MQA is tested on its real early hub config.
 """
 
 from __future__ import annotations
@@ -191,6 +191,22 @@ def test_gpt_bigcode_multi_query_has_one_kv_head_self_built():
     assert all(layer.num_kv_heads == 1 for layer in spec.layers)
     assert spec.max_model_len == 8192 and spec.intermediate_size == 4 * 6144
     assert (spec.config_dtype, spec.dtype) == ("float32", "bfloat16")  # vLLM >= 0.9.1 auto rule
+
+
+def test_falcon_7b_real_early_config_is_multi_query():
+    """tiiuae/falcon-7b's early config (RefinedWebModel, RWForCausalLM): multi_query true without
+    new_decoder_architecture -> one KV head (vLLM get_total_num_kv_heads); head size 4544 // 71 = 64; no
+    max_position_embeddings, so transformers' default 2048, noted."""
+    spec = load("tiiuae__falcon-7b.json")
+    assert_consistent(spec)
+    assert raw("tiiuae__falcon-7b.json")["multi_query"] is True
+    assert (spec.model_type, spec.num_layers, spec.num_attention_heads) == ("RefinedWebModel", 32, 71)
+    assert (spec.num_kv_heads, spec.head_size, spec.vocab_size, spec.hidden_size) == (1, 64, 65024, 4544)
+    assert kinds(spec) == {FULL: 32} and all(layer.num_kv_heads == 1 for layer in spec.layers)
+    assert spec.max_model_len == 2048 and spec.dtype == "bfloat16"
+    assert "max_position_embeddings=2048" in " ".join(spec.notes)
+    # RWForCausalLM is a vLLM registry name (loaded as FalconForCausalLM): no unknown-architecture note
+    assert not any("not a vLLM built-in name" in note for note in spec.notes)
 
 
 def test_falcon_multi_query_and_new_decoder_architecture_self_built():

@@ -189,6 +189,7 @@ _KNOWN_ARCHITECTURES = {
     "Llama4ForCausalLM", "Llama4ForConditionalGeneration", "NemotronHForCausalLM", "DeciLMForCausalLM",
     "GPT2LMHeadModel", "OPTForCausalLM", "FalconForCausalLM", "GPTBigCodeForCausalLM", "Phi3ForCausalLM",
     "Starcoder2ForCausalLM", "JambaForCausalLM", "GraniteMoeHybridForCausalLM",
+    "RWForCausalLM",  # vLLM model_executor/models/registry.py: the early falcon uploads, loaded as FalconForCausalLM
 }
 # Text model types whose layer layout this module implements (or checked to be vLLM's generic decoder).
 _FAMILIES_WITH_RULES = {
