@@ -730,3 +730,14 @@ def test_serve_lines_cap_max_model_len_when_one_request_does_not_fit():
         assert 0 < blocks * 16 < 131072
         assert plan["fits_one_request"] is False and plan["largest_fitting_model_len"] == blocks * 16
         assert f" --max-model-len {blocks * 16} " in plan["command"]
+
+
+def test_stage_warnings_are_said_once():
+    """A warning every stage repeats stays under the first stage; one the whole report also gives stays
+    unprefixed; distinct stage warnings and their order are kept."""
+    from kvadvise.commands.pp_split import _said_once
+
+    given = ["stage 0: graphs estimated", "stage 0: config file", "stage 1: graphs estimated",
+             "stage 1: sampler 0.11", "note: a plain one", "config file"]
+    assert _said_once(given) == ["stage 0: graphs estimated", "stage 1: sampler 0.11", "note: a plain one",
+                                 "config file"]

@@ -12,10 +12,9 @@ extras) where the stages were measured or estimated by the engine, else from par
 
 from __future__ import annotations
 
-import re
-
 import json
 import os
+import re
 from pathlib import Path
 from typing import List, Optional
 
@@ -152,19 +151,29 @@ def _rotary_cache_bytes(result) -> int:
     return int(((detail.get("weights") or {}).get("vllm_extra") or {}).get("rotary cos/sin cache", 0))
 
 
-def _drop_stage_copies(warnings: list) -> list:
-    """A stage's warning that the whole report also gives (e.g. the config-file MODEL one) is said once, unprefixed."""
-    plain = {w for w in warnings if not re.match(r"stage \d+: ", w)}
-    return [w for w in warnings if not (re.match(r"stage \d+: ", w) and w.split(": ", 1)[1] in plain)]
+_STAGE_PREFIX = re.compile(r"stage \d+: ")
+
+
+def _said_once(warnings: list) -> list:
+    """Each warning once: a stage's warning that an earlier stage gave (kept under the first stage), or that the
+    whole report also gives unprefixed (e.g. the config-file MODEL one: kept unprefixed), is dropped."""
+    plain = {w for w in warnings if not _STAGE_PREFIX.match(w)}
+    seen: set = set()
+    kept = []
+    for warning in warnings:
+        prefix = _STAGE_PREFIX.match(warning)
+        if prefix:
+            text = warning[prefix.end():]
+            if text in plain or text in seen:
+                continue
+            seen.add(text)
+        kept.append(warning)
+    return kept
 
 
 def _add_stage_warnings(index: int, new: list, warnings: list) -> None:
-    """Prefix a stage's warnings with its index; a warning every stage repeats is kept once."""
-    seen = [w.split(": ", 1)[-1] for w in warnings]
-    for warning in new:
-        if warning not in seen:
-            warnings.append(f"stage {index}: {warning}")
-            seen.append(warning)
+    """Prefix a stage's warnings with its index (repeats are dropped once the report is assembled: _said_once)."""
+    warnings.extend(f"stage {index}: {warning}" for warning in new)
 
 
 def measure_stages(spec, split, settings, *, model: str, max_num_seqs, utils, device, make_workload,
@@ -490,7 +499,7 @@ def pp_split(
         plan = pp.plan_pp_split(spec, settings, split, cards=cards, non_kv=non_kv,
                                 layer_weights_bytes=layer_weights, kv_cache_memory_bytes=budget,
                                 layer_weights_method=layer_method, layer_weights_source=layer_source)
-        warnings = _drop_stage_copies(warnings + list(plan.warnings))
+        warnings = _said_once(warnings + list(plan.warnings))
         inputs = {
             "model": model,
             "partition": list(split),
