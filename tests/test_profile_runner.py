@@ -302,10 +302,17 @@ def test_tensor_parallel_rank_gathers_the_whole_vocabulary_for_the_sampler():
     assert tracker.peak_bytes == sampler_peak_by_hand(16, 16)
 
 
+# the decode step's static KV cache for 8 sequences: 2 layers x (key + value) x 8 x 2 kv heads x 1 token x
+# head_dim 16 x bf16
+DECODE_KV_CACHE_BY_HAND = 2 * 2 * 8 * 2 * 1 * HEAD_DIM * 2
+
+
 def test_decode_step_for_graph_capture(tiny_llama):
     spec, model = tiny_llama
     capture = prepare_decode_capture(model, spec, [8, 4, 2, 1], device="cpu")
-    assert capture.static_bytes == 8 * 4 + 8 * 8          # int32 ids + int64 positions for 8 sequences
+    assert capture.kv_cache_bytes == DECODE_KV_CACHE_BY_HAND == 2048
+    assert capture.static_bytes == 8 * 4 + 8 * 8 + DECODE_KV_CACHE_BY_HAND   # + int32 ids, int64 positions
+    assert len(capture.kv_cache) == 2
     hidden = capture.make_step(4)()
     assert tuple(hidden.shape) == (1, 4, H)
     with pytest.raises(ValueError):
@@ -313,8 +320,45 @@ def test_decode_step_for_graph_capture(tiny_llama):
     # a later pipeline stage reads vLLM's intermediate tensors (hidden states, residual) instead of ids
     last = build_model(spec, load_format="dummy", shape=ShardShape(partition=(1, 1), stage=1))
     capture = prepare_decode_capture(last, spec, [8, 4], device="cpu")
-    assert capture.static_bytes == 8 * 4 + 8 * 8 + 2 * 8 * H * 2
+    assert capture.static_bytes == 8 * 4 + 8 * 8 + 2 * 8 * H * 2 + DECODE_KV_CACHE_BY_HAND // 2   # one layer
     assert tuple(capture.make_step(8)().shape) == (1, 8, H)
+
+
+@pytest.mark.parametrize("name", ("llama", "qwen2"))
+def test_decode_step_reads_and_writes_its_static_kv_cache(checkpoints, name):
+    """The captured decode step really attends over its KV cache: n one-token sequences, each attending to
+    the key and value it wrote into its own cache slot, give what transformers' own eager attention gives
+    for a batch of n one-token sequences (a second method); the step writes each sequence's key in place."""
+    import torch
+
+    path, config = checkpoints[name]
+    spec = tiny_spec(config)
+    model = build_model(spec, load_format="auto", model_path=str(path), dtype="float32")
+    capture = prepare_decode_capture(model, spec, [6], device="cpu")
+    ids = torch.tensor([3, 1, 4, 1, 5, 9], dtype=torch.int32)
+    capture.inputs.input_ids.copy_(ids)
+    hidden = capture.make_step(6)()
+    keys = next(iter(capture.kv_cache.values()))[0]
+    assert keys.abs().sum() > 0 and keys[:, :, 0].abs().amin(dim=-1).gt(0).all()   # every slot written
+    model.config._attn_implementation = "eager"
+    base = model.model if hasattr(model, "model") else model
+    with torch.inference_mode():
+        reference = base(input_ids=ids.long().unsqueeze(1), position_ids=torch.zeros(6, 1, dtype=torch.long),
+                         use_cache=False).last_hidden_state
+    torch.testing.assert_close(hidden[0], reference[:, 0], rtol=1e-4, atol=1e-4)
+
+
+def test_decode_kv_cache_of_mla_takes_the_head_sizes_transformers_passes(checkpoints):
+    """DeepSeek-V2 (MLA): transformers' attention gets per-head keys of qk_nope + qk_rope = 16 + 8 and values
+    of v_head_dim 16 for all 4 heads (it expands the latent), so that is the cache the step reads."""
+    path, config = checkpoints["deepseek_v2"]
+    spec = tiny_spec(config)
+    model = build_model(spec, load_format="auto", model_path=str(path))
+    capture = prepare_decode_capture(model, spec, [6, 2], device="cpu")
+    shapes = {(tuple(k.shape), tuple(v.shape)) for k, v in capture.kv_cache.values()}
+    assert shapes == {((6, 4, 1, 24), (6, 4, 1, 16))}
+    assert capture.kv_cache_bytes == 2 * 6 * 4 * (24 + 16) * 2       # 2 layers, bf16
+    assert tuple(capture.make_step(2)().shape) == (1, 2, 64)
 
 
 # ------------------------------------------------------------------ the CUDA sort's own workspace -----------

@@ -296,11 +296,13 @@ def test_real_workload_runs_every_phase_and_its_decode_steps(tmp_path):
     fake.capture_graphs = capture
     result = run_profile(settings, spec, fake, workload)
     # the decode step is the decoder on `size` sequences of one token each, laid out flat as vLLM does
-    # (one row of `size` tokens, attention per token without a KV read): hidden states (1, size, hidden=64)
+    # (one row of `size` tokens, each attending over its slot of the static KV cache): hidden states
+    # (1, size, hidden=64)
     assert outputs == {8: (1, 8, 64), 4: (1, 4, 64), 1: (1, 1, 64)}
     graphs = next(p for p in result.phases if p.name == "cuda_graphs")
-    # static buffers for the largest size: int32 ids + int64 positions = 8 x 12 bytes
-    assert graphs.detail["static_buffers_bytes"] == 8 * 4 + 8 * 8
+    # static buffers for the largest size: int32 ids + int64 positions = 8 x 12 bytes, and the KV cache
+    # (2 layers x key and value x 8 sequences x 2 kv heads x 1 token x head_dim 16 x bf16 = 2048 bytes)
+    assert graphs.detail["static_buffers_bytes"] == 8 * 4 + 8 * 8 + 2 * 2 * 8 * 2 * 1 * 16 * 2
     assert workload.model is None      # released
 
 

@@ -34,7 +34,9 @@ Nothing here calls torch.cuda: the profile helper's device.py measures around th
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import contextvars
+import weakref
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from kvadvise.model.spec import ModelSpec
@@ -48,16 +50,54 @@ PROFILE_EXPERTS = "kvadvise_fused_moe"
 # mirrors vLLM 0.11 envs.py VLLM_FUSED_MOE_CHUNK_SIZE default 16 * 1024 (32768 in older releases);
 # the profile batch (<= 16384 tokens by default) fits one chunk either way
 FUSED_MOE_CHUNK_TOKENS = 16 * 1024
+# The static KV cache a decode step is captured against: one token a sequence (the new one), the minimal
+# length; vLLM captures against its whole paged cache, whose size is in no graph figure either way
+DECODE_KV_CACHE_TOKENS = 1
+
+
+# what each attention layer was seen to receive: module -> (kv heads, key head size, value head size, dtype);
+# the decode step's static KV cache is shaped from it (prepare_decode_capture)
+_ATTENTION_SHAPES: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+# during a captured decode step: module -> (key cache, value cache), the static cache its attention reads
+_DECODE_KV_CACHE: "contextvars.ContextVar[Optional[dict]]" = contextvars.ContextVar("kvadvise_decode_kv_cache",
+                                                                                  default=None)
 
 
 def profile_attention(module, query, key, value, attention_mask, *args, **kwargs):
-    """vLLM's attention in the profile run: the output buffer, no scores (attn_metadata is None)."""
+    """vLLM's attention in the profile run: the output buffer, no scores (attn_metadata is None).
+
+    In a decode step prepared for graph capture, the attention reads its static KV cache instead
+    (_cached_decode_attention)."""
+    _ATTENTION_SHAPES[module] = (key.shape[1], key.shape[-1], value.shape[-1], key.dtype)
+    caches = _DECODE_KV_CACHE.get()
+    if caches is not None and module in caches:
+        return _cached_decode_attention(query, key, value, caches[module], kwargs.get("scaling")), None
     batch, heads, q_len, _ = query.shape
     # mirrors vLLM 0.11 attention/layer.py: output = torch.empty(num_tokens, num_heads * head_size_v)
     # and v1/attention/backends/flash_attn.py forward: `if attn_metadata is None: return output`
     # (filled with zeros here so dummy values stay finite)
     output = query.new_zeros((batch, q_len, heads, value.shape[-1]))
     return output, None
+
+
+def _cached_decode_attention(query, key, value, cache, scaling):
+    """One decode token per sequence against the static KV cache: the new key and value are written into
+    each sequence's slot in place (vLLM's reshape_and_cache), then attention reads the cache.
+
+    query (1, heads, n, d) and key / value (1, kv_heads, n, d) come flat, one token of each of n sequences;
+    the cache is (largest, kv_heads, DECODE_KV_CACHE_TOKENS, d). Returns (1, n, heads, value head size).
+    """
+    import torch
+
+    key_cache, value_cache = cache
+    n = query.shape[2]
+    slot = DECODE_KV_CACHE_TOKENS - 1
+    key_cache[:n, :, slot].copy_(key[0].transpose(0, 1))
+    value_cache[:n, :, slot].copy_(value[0].transpose(0, 1))
+    q = query[0].transpose(0, 1).unsqueeze(2)                                   # (n, heads, 1, d)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, key_cache[:n], value_cache[:n], scale=scaling, enable_gqa=q.shape[1] != key_cache.shape[1])
+    return out.squeeze(2).unsqueeze(0)                                          # (1, n, heads, d_v)
 
 
 def profile_fused_experts(self, hidden_states, top_k_index, top_k_weights, *args, **kwargs):
@@ -324,8 +364,27 @@ class DecodeCapture:
     """Static buffers for capturing decode steps up to max_size sequences, and the step factory."""
 
     inputs: DummyInputs
-    static_bytes: int
+    static_bytes: int                  # every static buffer: inputs and the KV cache
     make_step: Callable[[int], Callable[[], Any]]
+    kv_cache: dict = field(default_factory=dict)     # attention module -> (key cache, value cache)
+    kv_cache_bytes: int = 0
+
+
+def _attention_shapes(model, parts, inputs: DummyInputs) -> dict:
+    """module -> (kv heads, key head size, value head size, dtype) of every attention layer that goes through
+    the profile attention; from the profile run when it ran on this model, else from a one-token probe."""
+    import torch
+
+    def seen() -> dict:
+        return {module: _ATTENTION_SHAPES[module] for module in model.modules() if module in _ATTENTION_SHAPES}
+
+    shapes = seen()
+    if not shapes:
+        with torch.inference_mode(), profile_implementations(model):
+            probe = _forward(parts, inputs, 1)
+        del probe
+        shapes = seen()
+    return shapes
 
 
 def prepare_decode_capture(model, spec: ModelSpec, sizes: Sequence[int], *, device,
@@ -333,10 +392,13 @@ def prepare_decode_capture(model, spec: ModelSpec, sizes: Sequence[int], *, devi
     """Buffers and a step factory for the decode step vLLM captures: `make_step(n)()` runs the decoder
     on n sequences of one new token each, reading only the static buffers (capturable).
 
-    vLLM's decode graph holds the model forward only (compute_logits and the sampler run outside it),
-    and its attention reads the paged KV cache without a score matrix; the profile attention function
-    stands in for it, so no KV cache is needed here. static_bytes: the buffers allocated here (not part
-    of the graph pool).
+    vLLM's decode graph holds the model forward only (compute_logits and the sampler run outside it), its
+    attention writing the new token's key and value into the paged KV cache and reading it. Here every
+    attention layer gets a static KV cache of the minimal length (DECODE_KV_CACHE_TOKENS a sequence, for
+    the largest size) that its attention writes and reads (_cached_decode_attention); layers without the
+    transformers attention interface (linear attention, Mamba) run their own stateless forward.
+    static_bytes: every buffer allocated here, inputs and KV cache (kv_cache_bytes); none of them is part
+    of the graph pool, so graph memory is measured after they exist.
     """
     import torch
 
@@ -352,16 +414,27 @@ def prepare_decode_capture(model, spec: ModelSpec, sizes: Sequence[int], *, devi
         inputs.intermediate = (torch.zeros((largest, hidden), dtype=dtype, device=device),
                                torch.zeros((largest, hidden), dtype=dtype, device=device))
         buffers.extend(inputs.intermediate)
-    static_bytes = sum(buffer.untyped_storage().nbytes() for buffer in buffers)
+    kv_cache = {}
+    for module, (kv_heads, key_size, value_size, dtype) in _attention_shapes(model, parts, inputs).items():
+        kv_cache[module] = (
+            torch.zeros((largest, kv_heads, DECODE_KV_CACHE_TOKENS, key_size), dtype=dtype, device=device),
+            torch.zeros((largest, kv_heads, DECODE_KV_CACHE_TOKENS, value_size), dtype=dtype, device=device))
+    kv_cache_bytes = sum(t.untyped_storage().nbytes() for pair in kv_cache.values() for t in pair)
+    static_bytes = sum(buffer.untyped_storage().nbytes() for buffer in buffers) + kv_cache_bytes
 
     def make_step(size: int) -> Callable[[], Any]:
         if size > largest:
             raise ValueError(f"size {size} exceeds the prepared {largest}")
 
         def step():
-            with torch.inference_mode(), profile_implementations(model):
-                return _forward(parts, inputs, size)
+            token = _DECODE_KV_CACHE.set(kv_cache)
+            try:
+                with torch.inference_mode(), profile_implementations(model):
+                    return _forward(parts, inputs, size)
+            finally:
+                _DECODE_KV_CACHE.reset(token)
 
         return step
 
-    return DecodeCapture(inputs=inputs, static_bytes=static_bytes, make_step=make_step)
+    return DecodeCapture(inputs=inputs, static_bytes=static_bytes, make_step=make_step, kv_cache=kv_cache,
+                         kv_cache_bytes=kv_cache_bytes)

@@ -12,7 +12,8 @@ compile_or_warm_up_model) and utils/__init__.py (MemorySnapshot, memory_profilin
 4. non-torch = growth of (total - free) - reserved from the baseline to after the run; on the host, where
    it cannot be measured, estimate's default for the target card's family (kvadvise/estimate/graphs.py);
 5. CUDA graphs (not with enforce_eager): free-memory drop across capturing the decode step for every
-   capture size, largest first into one shared pool, measured after the static buffers it needs; on the
+   capture size, largest first into one shared pool, measured after the static buffers it needs (inputs and
+   a minimal static KV cache the step's attention writes and reads: in no term, as vLLM's KV cache); on the
    host, estimate's figure (the same decode step traced, + a per-size figure: estimate/graphs.py);
 6. advice: vLLM's suggestion line (plan/advice.py) and the KV capacity each value buys (plan/kv.py).
 Device memory is released on every exit path. Knows nothing about text: report/budget.py renders.
@@ -819,7 +820,7 @@ class TorchWorkload:
 
         capture = prepare_decode_capture(self.model, self.spec, sizes, device=self.device.torch_device,
                                          shape=self._shape())
-        self._static = [capture.inputs]
+        self._static = [capture]    # its inputs and KV cache stay allocated through the capture
         return capture.make_step, capture.static_bytes
 
     def eager_decode_peak(self, device: Device, size: int) -> int:
