@@ -173,6 +173,34 @@ def test_decode_pool_trace_equals_the_real_decode_step(name):
     assert graphs.cuda_graph_bytes == pool + 6 * GRAPH_BYTES_PER_SIZE
 
 
+@pytest.mark.parametrize("rows, vocab, hidden", [(256, 128256, 4096), (1024, 262208, 2560)])
+def test_model_runner_v2_sampler_term_matches_its_trace(rows, vocab, hidden):
+    """sampler.v2_sampler_bytes (the analytic fallback's 0.33 term) against the mirrored Model Runner V2
+    sampler traced under fake tensors, a second method: within 0.1% (the allocator rounds each tensor)."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from kvadvise.profile.sampler import sampler_bytes, v2_dummy_sampler_run, v2_sampler_bytes
+    from kvadvise.profile.tracker import LiveBytesTracker
+
+    with FakeTensorMode():
+        sample_hidden = torch.empty(rows, hidden, dtype=torch.bfloat16)
+        lm_head = torch.empty(vocab, hidden, dtype=torch.bfloat16)
+        positions = torch.zeros(8192, dtype=torch.int64)
+        input_ids = torch.zeros(8192, dtype=torch.int32)
+        indices = torch.arange(rows, dtype=torch.int64)
+        with LiveBytesTracker() as tracker:
+            start = tracker.current_bytes
+            v2_dummy_sampler_run(sample_hidden, lambda h: h @ lm_head.t(), positions, input_ids, indices)
+            traced = tracker.peak_bytes - start
+    formula = v2_sampler_bytes(rows, vocab, 2)
+    # by hand: bf16 logits, 12 bytes per 1024-entry block, 32 bytes of row tensors
+    assert formula == rows * vocab * 2 + rows * -(-vocab // 1024) * 12 + rows * 32
+    assert abs(formula - traced) / traced < 0.001, (formula, traced)
+    assert sampler_bytes("0.33", rows, vocab, hidden, 2) == formula
+    assert sampler_bytes("0.12", rows, vocab, hidden, 2) == rows * vocab * 38 + rows * hidden * 2
+
+
 @pytest.mark.parametrize("rows, vocab, hidden", [(256, 128256, 4096), (1024, 152064, 5120)])
 def test_analytic_sampler_term_matches_the_traced_sampler(rows, vocab, hidden):
     """The fallback formula's sampler share (R x V x (b + 36) + R x H x b) against the mirrored sampler

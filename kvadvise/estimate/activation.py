@@ -136,7 +136,7 @@ def estimate_activation(spec: Any, plan: Any, *, dtype: str, shape: Any, run_sam
     except Exception as error:  # an op fake tensors cannot run (data-dependent output), an unknown layout
         bytes_ = analytic_activation_bytes(spec, plan, dtype=dtype,
                                            tensor_parallel_size=shape.tensor_parallel_size,
-                                           run_sampler=run_sampler) + cublas_workspace_bytes
+                                           run_sampler=run_sampler, vllm_version=vllm_version) + cublas_workspace_bytes
         reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
         return ActivationEstimate(bytes_, "analytic", None, None, (
             f"the dummy run could not be traced under fake tensors ({reason}); the peak activation is the "
@@ -147,17 +147,19 @@ DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
 def analytic_activation_bytes(spec: Any, plan: Any, *, dtype: str, tensor_parallel_size: int = 1,
-                              run_sampler: bool = True) -> int:
+                              run_sampler: bool = True, vllm_version: str = "0.11") -> int:
     """The documented fallback formula (per TP rank), in bytes:
 
     forward = T x b x (4 H + max(attention, mlp)), T = tokens, b = dtype bytes, H = hidden size;
       attention = (heads + 2 kv heads) x head size / tp x 2 (q, k, v and the output buffer, twice for
       rotary copies); mlp = 3 x intermediate / tp (gate, up, activation product) for dense layers,
       for MoE: top-k x (3 x moe intermediate / tp + H) (vLLM fused_moe caches) + experts (router logits, f32);
-    sampler = R x V x (b + 36) + R x H x b, R = requests, V = vocabulary: the peak of the mirrored vLLM 0.11
-      sampler (kvadvise/profile/sampler.py) per row and vocabulary entry, traced: the logits in the model
-      dtype and in float32, the sorted values (float32) and indices (int64), the CUDA sort's workspace and
-      the masks (tests/test_estimate_activation.py checks this against the traced sampler).
+    sampler (the V1 runner, 0.10.2-0.12) = R x V x (b + 36) + R x H x b, R = requests, V = vocabulary: the
+      peak of the mirrored vLLM 0.11 sampler (kvadvise/profile/sampler.py) per row and vocabulary entry,
+      traced: the logits in the model dtype and in float32, the sorted values (float32) and indices (int64),
+      the CUDA sort's workspace and the masks (tests/test_estimate_activation.py checks this against the
+      traced sampler); (Model Runner V2, 0.33) = R x V x b + R x ceil(V / 1024) x 12 + 32 R: the logits and
+      gumbel_sample's block buffers (sampler.v2_sampler_bytes).
     """
     b = DTYPE_BYTES.get(dtype, 2)
     tokens = plan.num_tokens
@@ -175,8 +177,7 @@ def analytic_activation_bytes(spec: Any, plan: Any, *, dtype: str, tensor_parall
     forward = tokens * b * (4 * hidden + max(attention, mlp))
     sampler = 0
     if run_sampler:
-        rows = plan.sampler_rows
-        from kvadvise.profile.sampler import SAMPLER_BYTES_PER_ENTRY  # a constant: no torch import
+        from kvadvise.profile.sampler import sampler_bytes  # plain arithmetic: no torch import
 
-        sampler = rows * spec.vocab_size * (b + SAMPLER_BYTES_PER_ENTRY) + rows * hidden * b
+        sampler = sampler_bytes(vllm_version, plan.sampler_rows, spec.vocab_size, hidden, b)
     return forward + sampler

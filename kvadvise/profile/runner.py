@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from kvadvise.model.spec import ModelSpec
 from kvadvise.plan.dummy import DummyRunPlan
 from kvadvise.profile.build import ShardShape, locate_parts
-from kvadvise.profile.sampler import dummy_sampler_run
+from kvadvise.profile.sampler import dummy_sampler_run, sampler_rule, v2_dummy_sampler_run
 
 PROFILE_ATTENTION = "kvadvise_profile"
 PROFILE_EXPERTS = "kvadvise_fused_moe"
@@ -193,15 +193,18 @@ class DummyInputs:
     input_ids: Any                     # int32 (num_tokens,)
     positions: Any                     # int64 (num_tokens,)
     intermediate: Optional[tuple] = None  # off the first PP stage: (hidden_states, residual)
+    logits_indices: Any = None         # int64 (requests,): each request's last token (Model Runner V2's buffer)
 
 
 def make_dummy_inputs(plan: DummyRunPlan, model, *, device) -> DummyInputs:
-    """The token-id and position buffers of a plan (vLLM's InputBatch buffers hold them before profiling)."""
+    """The token-id, position and logits-index buffers of a plan (vLLM's persistent input buffers hold them
+    before profiling: InputBatch in the V1 runner, InputBuffers in Model Runner V2)."""
     import torch
 
     input_ids = torch.zeros(plan.num_tokens, dtype=torch.int32, device=device)
     positions = _device_tensor(plan.positions, device)
-    return DummyInputs(input_ids=input_ids, positions=positions)
+    logits_indices = _device_tensor(plan.last_token_indices, device)
+    return DummyInputs(input_ids=input_ids, positions=positions, logits_indices=logits_indices)
 
 
 def _device_tensor(values, device):
@@ -319,7 +322,7 @@ def dummy_run(model, spec: ModelSpec, plan: DummyRunPlan, *, device, run_sampler
 
     parts = locate_parts(model)
     own_inputs = inputs is None
-    hidden_states = last_hidden_states = index = cublas_workspace = encoder_kept = None
+    hidden_states = last_hidden_states = index = indices = cublas_workspace = encoder_kept = None
     try:
         with torch.inference_mode(), profile_implementations(model):
             if own_inputs:
@@ -336,7 +339,17 @@ def dummy_run(model, spec: ModelSpec, plan: DummyRunPlan, *, device, run_sampler
                 inputs.intermediate = (torch.zeros((plan.num_tokens, hidden), dtype=dtype, device=device),
                                        torch.zeros((plan.num_tokens, hidden), dtype=dtype, device=device))
             hidden_states = _forward(parts, inputs, plan.num_tokens)
-            if run_sampler and parts.lm_head is not None:
+            if run_sampler and parts.lm_head is not None and sampler_rule(sampler_version)[0] == "0.33":
+                # mirrors vLLM 0.33 v1/worker/gpu/model_runner.py _dummy_run: sample_hidden_states =
+                # hidden_states[input_batch.logits_indices] (a persistent index buffer, then a copy)
+                indices = inputs.logits_indices
+                if indices is None:
+                    indices = index = _device_tensor(plan.last_token_indices, device)
+                last_hidden_states = hidden_states[0, indices]
+                v2_dummy_sampler_run(last_hidden_states, _compute_logits(model, spec, shape), inputs.positions,
+                                     inputs.input_ids, indices)
+                indices = None
+            elif run_sampler and parts.lm_head is not None:
                 # hidden_states[logit_indices] with a numpy index: an int64 index tensor, then a copy
                 index = _device_tensor(plan.last_token_indices, device)
                 last_hidden_states = hidden_states[0, index]
@@ -350,7 +363,7 @@ def dummy_run(model, spec: ModelSpec, plan: DummyRunPlan, *, device, run_sampler
         traceback.clear_frames(error.__traceback__)
         raise
     finally:
-        hidden_states = last_hidden_states = index = cublas_workspace = encoder_kept = None
+        hidden_states = last_hidden_states = index = indices = cublas_workspace = encoder_kept = None
         if own_inputs:
             inputs = None
         elif inputs is not None and inputs.intermediate is not None:

@@ -28,13 +28,29 @@ path calls `flashinfer.sampling.top_k_top_p_sampling_from_logits` and skips the 
 vLLM's sampler peak is smaller than this one (our figure is then an upper bound, the safe side for
 "fit"). The CPU / TPU / ROCm-aiter paths differ too. V0 engines profiled another sampler (with
 penalties and prompt-token tensors); not mirrored.
+
+vLLM 0.33 (rule "0.33") profiles with Model Runner V2, the default runner since 0.25 for dense models and
+for every architecture on CUDA in the newest releases (vllm/config/vllm.py use_v2_model_runner; the V1
+runner only with VLLM_USE_V2_MODEL_RUNNER=0 or a feature V2 lacks). Mirrors vllm/v1/worker/gpu/
+model_runner.py `profile_run` / `_dummy_sampler_run` and gpu/sample/sampler.py, gumbel.py:
+- `sample_hidden_states = hidden_states[logits_indices]` (a copy; both stay alive), `compute_logits` on it
+  directly (no rand_like);
+- the dummy InputBatch's request slots hold the default sampling state (temperature 0, top-k = vocabulary,
+  top-p 1, no logprobs, no penalties), so `apply_sampling_params` returns the logits unchanged (no float32
+  copy), top-k/top-p are None (no FlashInfer, no sort) and `gumbel_sample` takes a plain argmax;
+- tensors made: positions and input ids at the logits indices (int64, int32 rows), `gumbel_sample`'s
+  local_argmax (int64) and local_max (float32), one value per row and 1024-entry vocabulary block, the
+  block argmax (int64 rows) and the gathered sample (int64 rows), and `seq_lens.new_ones` (int32 rows).
+  The Triton kernel itself allocates nothing; here the block buffers are zero-filled instead of computed.
+vLLM notes that this profile "may skip top_k, top_p, and logprobs, using less GPU memory than what is
+possible during actual execution": `runtime_sampler_excess_bytes` is what real sampling parameters add.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-MIRRORED_VERSIONS = ("0.10.2", "0.11", "0.12")
+MIRRORED_VERSIONS = ("0.10.2", "0.11", "0.12", "0.33")
 
 # mirrors vLLM 0.11 v1/sample/sampler.py _SAMPLING_EPS
 _SAMPLING_EPS = 1e-5
@@ -44,18 +60,63 @@ _SAMPLING_EPS = 1e-5
 SAMPLER_BYTES_PER_ENTRY = 36
 
 
+# mirrors vLLM 0.33 v1/worker/gpu/sample/gumbel.py gumbel_sample: BLOCK_SIZE = 1024
+GUMBEL_BLOCK = 1024
+
+
 def sampler_rule(vllm_version: str) -> tuple[str, bool]:
-    """(the sampler rule applied, whether it is the version's own). Unknown versions get 0.11's."""
+    """(the sampler rule applied, whether it is the version's own). "0.11": the V1 runner's sampler
+    (0.10.2-0.12); "0.33": Model Runner V2's profile sampler. Versions we do not mirror get 0.11's, the
+    larger of the two (the safe side for "fit")."""
     key = tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in vllm_version.split(".")[:2])
     if key in ((0, 10), (0, 11), (0, 12)):
         return "0.11", True
+    if key == (0, 33):
+        return "0.33", True
     return "0.11", False
 
 
+def v1_sampler_bytes(rows: int, vocab_size: int, hidden_size: int, dtype_bytes: int) -> int:
+    """The V1 (0.11) dummy sampler's share of the peak: the logits in the model dtype, the rand_like rows and
+    SAMPLER_BYTES_PER_ENTRY (tests/test_estimate_activation.py checks it against the traced sampler)."""
+    return rows * vocab_size * (dtype_bytes + SAMPLER_BYTES_PER_ENTRY) + rows * hidden_size * dtype_bytes
+
+
+def v2_sampler_bytes(rows: int, vocab_size: int, dtype_bytes: int) -> int:
+    """Model Runner V2's (0.33) dummy sampler's share: the logits in the model dtype, gumbel_sample's two
+    block buffers (int64 + float32 per 1024-entry block) and its row-sized tensors (int64 positions, int32
+    ids, int64 block argmax and sample, int32 ones), before the allocator's rounding."""
+    blocks = -(-vocab_size // GUMBEL_BLOCK)
+    return rows * vocab_size * dtype_bytes + rows * blocks * (8 + 4) + rows * (8 + 4 + 8 + 8 + 4)
+
+
+def sampler_bytes(vllm_version: str, rows: int, vocab_size: int, hidden_size: int, dtype_bytes: int) -> int:
+    """The dummy sampler's share of the activation peak under the rule `vllm_version` gets (sampler_rule)."""
+    rule, _ = sampler_rule(vllm_version)
+    if rule == "0.33":
+        return v2_sampler_bytes(rows, vocab_size, dtype_bytes)
+    return v1_sampler_bytes(rows, vocab_size, hidden_size, dtype_bytes)
+
+
+def runtime_sampler_excess_bytes(rows: int, vocab_size: int) -> int:
+    """What requests with temperature / top-k / top-p add to Model Runner V2's sampler beyond its profile run:
+    at least `apply_sampling_params`' float32 copy of the logits (4 bytes an entry; vLLM 0.33 gpu/sample/
+    sampler.py), more with FlashInfer's masked logits and softmax. vLLM does not count it, nor do we."""
+    return rows * vocab_size * 4
+
+
 def sampler_warning(vllm_version: str, rows: int, vocab_size: int) -> str | None:
-    """The warning for a vLLM version whose own sampler we do not mirror (None when we do), with the size
-    of what is at stake: the mirrored sampler's share of the peak (bf16 logits + SAMPLER_BYTES_PER_ENTRY)."""
+    """A warning on the sampler's share of the peak (None when there is nothing to say): for a version we do
+    not mirror, by how much it may differ; for 0.33, the runner it assumes and what real sampling adds."""
     rule, own = sampler_rule(vllm_version)
+    if rule == "0.33":
+        v1_more = rows * vocab_size * SAMPLER_BYTES_PER_ENTRY
+        return (f"vLLM {vllm_version}'s profile run is mirrored as Model Runner V2's (its default runner): a greedy "
+                f"argmax over the {rows} x {vocab_size} logits, no float32 copy, no top-k/top-p; with the V1 runner "
+                f"(VLLM_USE_V2_MODEL_RUNNER=0, or a feature V2 lacks) vLLM's peak is about {v1_more} bytes higher "
+                f"and 'fit' here too high by as much. As vLLM notes, real top-k/top-p requests make the sampler allocate "
+                f"at least {runtime_sampler_excess_bytes(rows, vocab_size)} bytes more than profiled (a float32 "
+                "copy of the logits): inside --util's headroom for 'fit', not for 'full'")
     if own:
         return None
     share = rows * vocab_size * (2 + SAMPLER_BYTES_PER_ENTRY)
@@ -161,6 +222,31 @@ def emulates_kernel_workspaces(tensor) -> bool:
     from torch._subclasses.fake_tensor import FakeTensor
 
     return isinstance(tensor, FakeTensor) or tensor.device.type != "cuda"
+
+
+def v2_dummy_sampler_run(sample_hidden_states, compute_logits: Callable[[Any], Any], positions, input_ids,
+                         logits_indices) -> None:
+    """mirrors vLLM 0.33 v1/worker/gpu/model_runner.py _dummy_sampler_run and gpu/sample/sampler.py Sampler
+    on the dummy InputBatch (every slot greedy, no top-k/top-p, no logprobs): see the module docstring."""
+    import torch
+
+    logits = compute_logits(sample_hidden_states)
+    num_reqs, vocab = logits.size(0), logits.size(1)
+    # Sampler.__call__: pos = positions[logits_indices]; input_ids = input_ids[logits_indices]
+    pos = positions[logits_indices]
+    ids = input_ids[logits_indices]
+    # apply_sampling_params: nothing needs logits processing -> the logits as they are
+    # get_top_k_top_p -> (None, None): no FlashInfer, apply_top_k_top_p returns its input; gumbel_sample:
+    blocks = -(-vocab // GUMBEL_BLOCK)
+    local_argmax = logits.new_empty(num_reqs, blocks, dtype=torch.int64)
+    local_max = logits.new_empty(num_reqs, blocks, dtype=torch.float32)
+    local_argmax.zero_()   # what the Triton kernel writes (a block's argmax and max); not computed here
+    local_max.zero_()
+    max_block_idx = local_max.argmax(dim=-1, keepdim=True)
+    sampled = local_argmax.gather(dim=-1, index=max_block_idx).view(-1)
+    # get_num_sampled_and_rejected(input_batch.seq_lens.new_ones(num_reqs), ...)
+    ones = torch.ones(num_reqs, dtype=torch.int32, device=logits.device)
+    del logits, pos, ids, local_argmax, local_max, max_block_idx, sampled, ones
 
 
 def dummy_sampler_run(last_hidden_states, compute_logits: Callable[[Any], Any], *,
