@@ -60,5 +60,8 @@ def test_the_warning_bound_is_its_cases_error():
     case = next(c for c in DATA["cases"] if c["id"] == fidelity.IMAGE_MODEL_CASE_ID)
     error = case["kvadvise_activation_bytes"] / GIB - case["logged_activation_gib"]
     assert round(error, 2) == fidelity.IMAGE_MODEL_ACTIVATION_ERROR_GIB == case["error_gib"]
-    # every other public case agrees within the log's rounding: the image model is the one known miss
-    assert all(c["agrees"] for c in DATA["cases"] if c["id"] != fidelity.IMAGE_MODEL_CASE_ID)
+    # every other public case agrees within the log's rounding or lies above the log (the safe side for
+    # "fit"): the image model is the one known miss below
+    for c in DATA["cases"]:
+        if c["id"] != fidelity.IMAGE_MODEL_CASE_ID:
+            assert c["agrees"] or c["kvadvise_activation_bytes"] >= (c["logged_activation_gib"] + 0.005) * GIB
