@@ -326,3 +326,34 @@ def test_no_kernel_install_hints_on_stderr(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["command"] == "estimate"
     assert "causal_conv1d" not in done.stderr and "install" not in done.stderr.lower(), done.stderr
+
+
+def test_model_runner_chooses_the_dummy_sampler_mirrored():
+    """vLLM 0.33 profiles with Model Runner V2 (auto); --model-runner v1 counts the V1 runner's sampler as its
+    upper bound (0.11's), and the difference is the two samplers' shares by hand (Qwen3-8B: 256 rows x 151936,
+    bf16, hidden 4096); v2 before 0.33 and unknown runners are bad input."""
+    from kvadvise.profile.sampler import v1_sampler_bytes, v2_sampler_bytes
+
+    config = str(CONFIGS / "Qwen__Qwen3-8B.json")
+    common = [config, "--gpu", "rtx4090", "--max-num-batched-tokens", "256", "--max-num-seqs", "256", "--json"]
+    documents = {}
+    for runner_name in ("auto", "v2", "v1"):
+        result = runner.invoke(app, ["estimate", *common, "--model-runner", runner_name])
+        assert result.exit_code == 0, result.output
+        documents[runner_name] = _json(result)
+    assert documents["auto"]["settings"]["model_runner"] == documents["v2"]["settings"]["model_runner"] == "v2"
+    assert documents["v1"]["settings"]["model_runner"] == "v1"
+    auto, v1 = (documents[k]["memory"]["activation_peak_bytes"] for k in ("auto", "v1"))
+    assert auto == documents["v2"]["memory"]["activation_peak_bytes"]
+    # with 256 tokens the sampler sets both peaks: they differ by the samplers' shares (allocator rounding aside)
+    by_hand = v1_sampler_bytes(256, 151936, 4096, 2) - v2_sampler_bytes(256, 151936, 2)
+    assert abs((v1 - auto) - by_hand) < 64 * 1024, (v1 - auto, by_hand)
+    assert any("upper bound" in w and "never above" in w for w in documents["v1"]["warnings"])
+    assert any("Model Runner V2" in w and "--model-runner v1" in w for w in documents["auto"]["warnings"])
+    v1_012 = runner.invoke(app, ["estimate", *common, "--vllm-version", "0.12", "--model-runner", "v1"])
+    assert _json(v1_012)["memory"]["activation_peak_bytes"] == v1
+    assert not any("sampler" in w for w in _json(v1_012)["warnings"])
+    for bad in (["--vllm-version", "0.12", "--model-runner", "v2"], ["--model-runner", "v3"]):
+        result = runner.invoke(app, ["estimate", *common, *bad])
+        assert result.exit_code == 2, result.output
+        assert "--model-runner" in result.stderr and "Traceback" not in result.output

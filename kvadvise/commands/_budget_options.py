@@ -55,6 +55,11 @@ def gpu_free_option(help_text: str) -> Optional[str]:
     return typer.Option(None, "--gpu-free", help=help_text)
 
 
+ModelRunnerOption = typer.Option(
+    "auto", "--model-runner",
+    help="vLLM's model runner whose profile run to mirror: auto (the version's default: v2 for 0.33, v1 before), "
+         "v1 (VLLM_USE_V2_MODEL_RUNNER=0, or a feature V2 lacks such as speculative decoding), v2.")
+
 VLLM_VERSION_HELP = f"vLLM rules to mirror: {', '.join(VLLM_VERSIONS)} (default {DEFAULT_VLLM_VERSION})."
 
 

@@ -40,6 +40,7 @@ def estimate(
     non_torch_memory: Optional[str] = typer.Option(None, "--non-torch-memory",
                                                    help="Non-torch memory to use instead of the family default, "
                                                         "e.g. 0.5GiB."),
+    model_runner: str = opts.ModelRunnerOption,
     vllm_version: Optional[str] = opts.vllm_version_option("vLLM rules to mirror."),
     json_output: bool = JsonOption,
     output: Optional[Path] = OutputOption,
@@ -52,7 +53,7 @@ def estimate(
                    max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
                    max_model_len=max_model_len, kv_cache_dtype=kv_cache_dtype, block_size=block_size,
                    enforce_eager=enforce_eager, cuda_graph_sizes=cuda_graph_sizes,
-                   non_torch_memory=non_torch_memory, vllm_version=vllm_version)
+                   non_torch_memory=non_torch_memory, vllm_version=vllm_version, model_runner=model_runner)
 
     def body() -> Outcome:
         return run_estimate_command(options)

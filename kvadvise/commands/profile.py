@@ -100,6 +100,7 @@ def profile(
     gpu_memory: Optional[str] = opts.gpu_memory_option("CPU mode: the target card's total memory, e.g. 24GiB."),
     gpu_free: Optional[str] = opts.gpu_free_option(
         "CPU mode: the target card's free memory at start (default: total)."),
+    model_runner: str = opts.ModelRunnerOption,
     vllm_version: Optional[str] = opts.vllm_version_option(),
     json_output: bool = JsonOption,
     output: Optional[Path] = OutputOption,
@@ -113,7 +114,7 @@ def profile(
                    max_model_len=max_model_len, kv_cache_dtype=kv_cache_dtype, block_size=block_size,
                    enforce_eager=enforce_eager, cuda_graph_sizes=cuda_graph_sizes,
                    tensor_parallel_size=tensor_parallel_size, partition=partition, stage=stage, gpu=gpu,
-                   gpu_memory=gpu_memory, gpu_free=gpu_free, vllm_version=vllm_version)
+                   gpu_memory=gpu_memory, gpu_free=gpu_free, vllm_version=vllm_version, model_runner=model_runner)
 
     def body() -> Outcome:
         return run_profile_command(options, progress=_Progress())
@@ -172,6 +173,14 @@ def resolve_settings(options: dict[str, Any], spec: Any, warnings: list[str]) ->
     version = options["vllm_version"] or DEFAULT_VLLM_VERSION
     if version not in VLLM_VERSIONS:
         raise InputError(f"--vllm-version: {version!r} is not one we mirror", hint="one of " + ", ".join(VLLM_VERSIONS))
+    runner = options.get("model_runner") or "auto"
+    from kvadvise.profile.sampler import MODEL_RUNNERS
+
+    if runner not in MODEL_RUNNERS:
+        raise InputError(f"--model-runner: {runner!r} is not one of {', '.join(MODEL_RUNNERS)}")
+    if runner == "v2" and version != "0.33":
+        raise InputError(f"--model-runner v2 with --vllm-version {version}: Model Runner V2 is mirrored for 0.33 "
+                         "(before 0.25 it was opt-in and experimental)", hint="--model-runner v1, or --vllm-version 0.33")
     for key in ("max_num_batched_tokens", "max_num_seqs", "max_model_len", "block_size"):
         if options[key] is not None and options[key] < 1:
             raise InputError(f"--{key.replace('_', '-')} must be >= 1, got {options[key]}")
@@ -210,7 +219,7 @@ def resolve_settings(options: dict[str, Any], spec: Any, warnings: list[str]) ->
         block_size=options["block_size"], enforce_eager=options["enforce_eager"],
         cuda_graph_sizes=parse_graph_sizes(options["cuda_graph_sizes"]),
         tensor_parallel_size=options["tensor_parallel_size"], partition=partition, stage=stage,
-        vllm_version=version)
+        vllm_version=version, model_runner=runner)
 
 
 def _has_weight_files(directory: Path) -> bool:

@@ -161,7 +161,7 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
 
     # ---- peak activation: the runner's dummy run under fake tensors
     run_sampler = shape.is_last_stage
-    warning = sampler_warning(settings.vllm_version, plan.sampler_rows, spec.vocab_size)
+    warning = sampler_warning(settings.vllm_version, plan.sampler_rows, spec.vocab_size, settings.model_runner)
     if run_sampler and warning:
         warnings.append(warning)
     # vLLM's first matmul allocates the cuBLAS workspace inside its profile run: part of its activation peak
@@ -171,7 +171,7 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
                         "Hopper/Blackwell figure) counted in the activation peak")
     with quiet_transformers():
         activation = estimate_activation(spec, plan, dtype=dtype, shape=shape, run_sampler=run_sampler,
-                                         vllm_version=settings.vllm_version, model=model, fake_mode=fake_mode,
+                                         vllm_version=settings.sampler_rule, model=model, fake_mode=fake_mode,
                                          shortcut=shortcut, cublas_workspace_bytes=cublas)
     warnings.extend(activation.warnings)
     from kvadvise.plan.fidelity import image_model_warning
@@ -244,6 +244,7 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
             settings.max_model_len or getattr(spec, "max_model_len", None)),
         "enforce_eager": settings.enforce_eager,
         "vllm_version": settings.vllm_version,
+        "model_runner": settings.resolved_model_runner,
         "gpu_memory_utilization": settings.gpu_memory_utilization,
     }
     report = BudgetReport(command="estimate", model_id=settings.model_id, device=device, memory=memory,

@@ -64,14 +64,31 @@ SAMPLER_BYTES_PER_ENTRY = 36
 GUMBEL_BLOCK = 1024
 
 
-def sampler_rule(vllm_version: str) -> tuple[str, bool]:
-    """(the sampler rule applied, whether it is the version's own). "0.11": the V1 runner's sampler
-    (0.10.2-0.12); "0.33": Model Runner V2's profile sampler. Versions we do not mirror get 0.11's, the
-    larger of the two (the safe side for "fit")."""
-    key = tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in vllm_version.split(".")[:2])
-    if key in ((0, 10), (0, 11), (0, 12)):
+MODEL_RUNNERS = ("auto", "v1", "v2")
+# the V1 runner's dummy sampler in 0.21+ (FlashInfer first, then forward_native with Triton top-k/top-p):
+# at least the float32 copy, the softmax and the exponential noise, 12 bytes an entry beyond the logits
+_NEWER_V1_SAMPLER_MIN_BYTES_PER_ENTRY = 12
+
+
+def default_model_runner(vllm_version: str) -> str:
+    """The runner a vLLM release profiles with by default: Model Runner V2 from 0.25 (dense models; every
+    architecture on CUDA in the newest releases: vllm/config/vllm.py use_v2_model_runner), V1 before."""
+    return "v2" if _version_key(vllm_version) == (0, 33) else "v1"
+
+
+def _version_key(vllm_version: str) -> tuple[int, ...]:
+    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in vllm_version.split(".")[:2])
+
+
+def sampler_rule(vllm_version: str, model_runner: str = "auto") -> tuple[str, bool]:
+    """(the sampler rule applied, whether it is the version's own). "0.11": the V1 runner's sampler as
+    0.10.2-0.12 have it; "0.33": Model Runner V2's profile sampler. Where we do not mirror the version's own
+    (0.33 with the V1 runner, unknown versions) 0.11's is used: the larger, the safe side for "fit"."""
+    runner = default_model_runner(vllm_version) if model_runner == "auto" else model_runner
+    key = _version_key(vllm_version)
+    if key in ((0, 10), (0, 11), (0, 12)) and runner == "v1":
         return "0.11", True
-    if key == (0, 33):
+    if key == (0, 33) and runner == "v2":
         return "0.33", True
     return "0.11", False
 
@@ -90,9 +107,10 @@ def v2_sampler_bytes(rows: int, vocab_size: int, dtype_bytes: int) -> int:
     return rows * vocab_size * dtype_bytes + rows * blocks * (8 + 4) + rows * (8 + 4 + 8 + 8 + 4)
 
 
-def sampler_bytes(vllm_version: str, rows: int, vocab_size: int, hidden_size: int, dtype_bytes: int) -> int:
+def sampler_bytes(vllm_version: str, rows: int, vocab_size: int, hidden_size: int, dtype_bytes: int,
+                  model_runner: str = "auto") -> int:
     """The dummy sampler's share of the activation peak under the rule `vllm_version` gets (sampler_rule)."""
-    rule, _ = sampler_rule(vllm_version)
+    rule, _ = sampler_rule(vllm_version, model_runner)
     if rule == "0.33":
         return v2_sampler_bytes(rows, vocab_size, dtype_bytes)
     return v1_sampler_bytes(rows, vocab_size, hidden_size, dtype_bytes)
@@ -105,20 +123,27 @@ def runtime_sampler_excess_bytes(rows: int, vocab_size: int) -> int:
     return rows * vocab_size * 4
 
 
-def sampler_warning(vllm_version: str, rows: int, vocab_size: int) -> str | None:
-    """A warning on the sampler's share of the peak (None when there is nothing to say): for a version we do
-    not mirror, by how much it may differ; for 0.33, the runner it assumes and what real sampling adds."""
-    rule, own = sampler_rule(vllm_version)
+def sampler_warning(vllm_version: str, rows: int, vocab_size: int, model_runner: str = "auto") -> str | None:
+    """A warning on the sampler's share of the peak (None when there is nothing to say): for a sampler we do
+    not mirror, the bound it gives; for 0.33's Model Runner V2, what the V1 runner and real sampling add."""
+    rule, own = sampler_rule(vllm_version, model_runner)
     if rule == "0.33":
         v1_more = rows * vocab_size * SAMPLER_BYTES_PER_ENTRY
         return (f"vLLM {vllm_version}'s profile run is mirrored as Model Runner V2's (its default runner): a greedy "
-                f"argmax over the {rows} x {vocab_size} logits, no float32 copy, no top-k/top-p; with the V1 runner "
-                f"(VLLM_USE_V2_MODEL_RUNNER=0, or a feature V2 lacks) vLLM's peak is about {v1_more} bytes higher "
-                f"and 'fit' here too high by as much. As vLLM notes, real top-k/top-p requests make the sampler allocate "
-                f"at least {runtime_sampler_excess_bytes(rows, vocab_size)} bytes more than profiled (a float32 "
-                "copy of the logits): inside --util's headroom for 'fit', not for 'full'")
+                f"argmax over the {rows} x {vocab_size} logits, no float32 copy, no top-k/top-p; if vLLM runs the V1 "
+                f"runner (VLLM_USE_V2_MODEL_RUNNER=0, or a feature V2 lacks) its peak is up to {v1_more} bytes "
+                "higher: pass --model-runner v1. As vLLM notes, real top-k/top-p requests make the sampler allocate "
+                f"at least {runtime_sampler_excess_bytes(rows, vocab_size)} bytes more than profiled (a float32 copy "
+                "of the logits): inside --util's headroom for 'fit', not for 'full'")
     if own:
         return None
+    if _version_key(vllm_version) == (0, 33):
+        slack = rows * vocab_size * (SAMPLER_BYTES_PER_ENTRY - _NEWER_V1_SAMPLER_MIN_BYTES_PER_ENTRY)
+        return (f"vLLM {vllm_version}'s V1 runner samples its dummy batch with FlashInfer, then with the Triton "
+                f"top-k/top-p kernel: not mirrored; the 0.11 sampler counted instead (sort and masks, "
+                f"{SAMPLER_BYTES_PER_ENTRY} bytes an entry beyond the logits) is an upper bound of it, so 'fit' is at "
+                f"most {slack} bytes below what vLLM could hold ({rows} x {vocab_size} x "
+                f"{SAMPLER_BYTES_PER_ENTRY - _NEWER_V1_SAMPLER_MIN_BYTES_PER_ENTRY}), never above")
     share = rows * vocab_size * (2 + SAMPLER_BYTES_PER_ENTRY)
     return (f"the dummy sampler follows vLLM {rule}'s (v1 PyTorch top-k/top-p path); vLLM {vllm_version}'s own "
             f"sampler is not mirrored: the sampler's share of the activation peak ({rows} rows x {vocab_size} "

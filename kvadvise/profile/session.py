@@ -60,7 +60,21 @@ class ProfileSettings:
     partition: Optional[tuple[int, ...]] = None
     stage: Optional[int] = None
     vllm_version: str = "0.11"
+    model_runner: str = "auto"                  # vLLM's model runner: auto (the version's default), v1, v2
     run_sampler: Optional[bool] = None          # None: on the last pipeline stage only (as vLLM)
+
+    @property
+    def sampler_rule(self) -> str:
+        """The dummy sampler mirrored: "0.11" (the V1 runner's) or "0.33" (Model Runner V2's)."""
+        from kvadvise.profile.sampler import sampler_rule
+
+        return sampler_rule(self.vllm_version, self.model_runner)[0]
+
+    @property
+    def resolved_model_runner(self) -> str:
+        from kvadvise.profile.sampler import default_model_runner
+
+        return default_model_runner(self.vllm_version) if self.model_runner == "auto" else self.model_runner
 
     @property
     def pipeline_parallel_size(self) -> int:
@@ -558,6 +572,7 @@ def _advise(settings: ProfileSettings, spec: Any, state: _State, target: Optiona
         "max_model_len": layout.max_model_len,
         "enforce_eager": settings.enforce_eager,
         "vllm_version": settings.vllm_version,
+        "model_runner": settings.resolved_model_runner,
         "device_kind": "cuda" if target is None else "cpu",
     }
     report = BudgetReport(command="profile", model_id=settings.model_id, device=state.device_info,
@@ -797,14 +812,15 @@ class TorchWorkload:
         run_sampler = self.settings.run_sampler
         if run_sampler is None:
             run_sampler = shape.is_last_stage   # vLLM samples on the last pipeline stage only
-        warning = sampler_warning(self.settings.vllm_version, plan.sampler_rows, self.spec.vocab_size)
+        warning = sampler_warning(self.settings.vllm_version, plan.sampler_rows, self.spec.vocab_size,
+                                  self.settings.model_runner)
         if run_sampler and warning:
             self.warnings.append(warning)
         from kvadvise.profile.build import quiet_transformers
 
         with quiet_transformers():
             dummy_run(self.model, self.spec, plan, device=self.device.torch_device, run_sampler=run_sampler,
-                      sampler_version=self.settings.vllm_version, shape=shape, inputs=self._inputs,
+                      sampler_version=self.settings.sampler_rule, shape=shape, inputs=self._inputs,
                       cublas_workspace_bytes=self.cublas_workspace_bytes())
         self._inputs = None
         from kvadvise.plan.fidelity import image_model_warning
