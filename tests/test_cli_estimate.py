@@ -348,7 +348,8 @@ def test_model_runner_chooses_the_dummy_sampler_mirrored():
     # with 256 tokens the sampler sets both peaks: they differ by the samplers' shares (allocator rounding aside)
     by_hand = v1_sampler_bytes(256, 151936, 4096, 2) - v2_sampler_bytes(256, 151936, 2)
     assert abs((v1 - auto) - by_hand) < 64 * 1024, (v1 - auto, by_hand)
-    assert any("upper bound" in w and "never above" in w for w in documents["v1"]["warnings"])
+    slack = 256 * 151936 * (36 - 12)     # 0.11's 36 bytes an entry against the 12 of the tensors 0.33's V1 path makes
+    assert any("upper bound" in w and f"up to {slack} bytes" in w for w in documents["v1"]["warnings"])
     assert any("Model Runner V2" in w and "--model-runner v1" in w for w in documents["auto"]["warnings"])
     v1_012 = runner.invoke(app, ["estimate", *common, "--vllm-version", "0.12", "--model-runner", "v1"])
     assert _json(v1_012)["memory"]["activation_peak_bytes"] == v1

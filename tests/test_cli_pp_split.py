@@ -741,3 +741,19 @@ def test_stage_warnings_are_said_once():
              "stage 1: sampler 0.11", "note: a plain one", "config file"]
     assert _said_once(given) == ["stage 0: graphs estimated", "stage 1: sampler 0.11", "note: a plain one",
                                  "config file"]
+
+
+def test_model_runner_sets_the_last_stages_sampler_share():
+    """pp-split takes --model-runner like profile and estimate: with the parameter counts, the last stage's
+    activation under V1 exceeds V2's (the 0.33 default) by the two samplers' shares, by hand (Qwen3-8B on an
+    RTX 4090: 256 rows, vocabulary 151936, hidden 4096, bf16); the first stage runs no sampler."""
+    from kvadvise.profile.sampler import v1_sampler_bytes, v2_sampler_bytes
+
+    args = (QWEN8, "--partition", "18,18", "--gpu", "rtx4090", "--parameter-counts")
+    v2 = run_json(*args)["stages"]
+    v1 = run_json(*args, "--model-runner", "v1")["stages"]
+    assert v1[0]["activation_peak_bytes"] == v2[0]["activation_peak_bytes"]
+    assert v1[1]["activation_peak_bytes"] - v2[1]["activation_peak_bytes"] == (
+        v1_sampler_bytes(256, 151936, 4096, 2) - v2_sampler_bytes(256, 151936, 2))
+    result = run(*args, "--vllm-version", "0.12", "--model-runner", "v2")
+    assert result.exit_code == 2 and "--model-runner" in result.stderr

@@ -51,7 +51,7 @@ def test_fake_trace_equals_the_real_cpu_run(name):
     spec = tiny_spec(config)
     real = _real_cpu_peak(spec, PLAN)
     fake = estimate_activation(spec, PLAN, dtype="bfloat16", shape=ShardShape(), run_sampler=True,
-                               vllm_version="0.11", shortcut=False)
+                               sampler_rule="0.11", shortcut=False)
     assert fake.method == "fake-tensor trace"
     assert fake.activation_peak_bytes == real
 
@@ -63,9 +63,9 @@ def test_representative_layers_trace_equals_the_full_trace(name, kept):
     of a full trace and of the shortcut are the same to the byte."""
     spec = tiny_spec(_mixed(name))
     full = estimate_activation(spec, PLAN, dtype="bfloat16", shape=ShardShape(), run_sampler=True,
-                               vllm_version="0.11", shortcut=False)
+                               sampler_rule="0.11", shortcut=False)
     short = estimate_activation(spec, PLAN, dtype="bfloat16", shape=ShardShape(), run_sampler=True,
-                                vllm_version="0.11")
+                                sampler_rule="0.11")
     assert (short.traced_layers, short.total_layers) == (kept, spec.num_layers)
     assert short.activation_peak_bytes == full.activation_peak_bytes
 
@@ -89,7 +89,7 @@ def test_ranks_and_stages_match_the_real_cpu_run(shape):
     spec = tiny_spec(tiny_config("qwen2"))
     real = _real_cpu_peak(spec, PLAN, shape=shape, run_sampler=shape.is_last_stage)
     fake = estimate_activation(spec, PLAN, dtype="bfloat16", shape=shape, run_sampler=shape.is_last_stage,
-                               vllm_version="0.11")
+                               sampler_rule="0.11")
     assert fake.activation_peak_bytes == real
 
 
@@ -103,7 +103,7 @@ def test_big_model_costs_no_memory():
     spec = load_model_spec(str(Path(__file__).parent / "data" / "configs" / "deepseek-ai__DeepSeek-V3.json"))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     estimate = estimate_activation(spec, plan_dummy_run(16384, 1024), dtype="bfloat16",
-                                   shape=ShardShape(tensor_parallel_size=8), run_sampler=True, vllm_version="0.11")
+                                   shape=ShardShape(tensor_parallel_size=8), run_sampler=True, sampler_rule="0.11")
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert estimate.method == "fake-tensor trace"
     assert (estimate.traced_layers, estimate.total_layers) == (3, 61)     # dense at 0, dense at 1, MoE
@@ -121,7 +121,7 @@ def test_analytic_fallback_when_the_trace_fails(monkeypatch):
     monkeypatch.setattr(runner, "dummy_run", broken)
     spec = tiny_spec(tiny_config("llama"))
     estimate = estimate_activation(spec, PLAN, dtype="bfloat16", shape=ShardShape(), run_sampler=True,
-                                   vllm_version="0.11")
+                                   sampler_rule="0.11")
     assert estimate.method == "analytic"
     assert "could not be traced" in estimate.warnings[0]
     assert estimate.activation_peak_bytes == analytic_activation_bytes(spec, PLAN, dtype="bfloat16")
@@ -137,7 +137,7 @@ def test_analytic_formula_by_hand():
     assert analytic_activation_bytes(spec, PLAN, dtype="bfloat16") == forward + sampler
     # the analytic figure is within a factor of 2 of the trace on this model (it is only a fallback)
     traced = estimate_activation(spec, PLAN, dtype="bfloat16", shape=ShardShape(), run_sampler=True,
-                                 vllm_version="0.11").activation_peak_bytes
+                                 sampler_rule="0.11").activation_peak_bytes
     assert traced / 2 < forward + sampler < traced * 2
 
 

@@ -181,30 +181,30 @@ def test_shard_config_pipeline_stages():
 H, INTERMEDIATE, HEAD_DIM, VOCAB = 64, 128, 16, 512
 
 
-def forward_peak_by_hand(tokens: int, rows: int) -> int:
+def forward_peak_by_hand(tokens: int, logits_index_rows: int = 0) -> int:
     """Live at the forward's peak: layer 2's MLP, at `act(gate) * up` (transformers LlamaMLP), bf16.
 
-    input_ids int32 (T), positions int64 (T) and the logits-index buffer int64 (R requests); rotary cos and
-    sin (1, T, head_dim); the embedding
+    input_ids int32 (T), positions int64 (T) and, for Model Runner V2, the logits-index buffer int64 (R
+    requests); rotary cos and sin (1, T, head_dim); the embedding
     output (LlamaModel keeps `inputs_embeds`), layer 1's output (the loop variable), layer 2's residual
     after attention and its post-attention-norm output, each (T, hidden); silu(gate), up and the
     product, each (T, intermediate). Every tensor rounded up to 512 bytes.
     """
-    return (r(4 * tokens) + r(8 * tokens) + r(8 * rows) + 2 * r(tokens * HEAD_DIM * 2) + 4 * r(tokens * H * 2)
+    index = r(8 * logits_index_rows) if logits_index_rows else 0
+    return (r(4 * tokens) + r(8 * tokens) + index + 2 * r(tokens * HEAD_DIM * 2) + 4 * r(tokens * H * 2)
             + 3 * r(tokens * INTERMEDIATE * 2))
 
 
 def sampler_peak_by_hand(tokens: int, rows: int) -> int:
     """Live at the sampler's peak: apply_top_k_top_p's scatter (vLLM 0.11), on top of what is kept.
 
-    input_ids, positions, the logits-index buffer int64 (R); the final hidden states (T, hidden) bf16; last-token hidden states and their
+    input_ids, positions; the final hidden states (T, hidden) bf16; last-token hidden states and their
     rand_like copy (R, hidden) bf16; logits (R, V) bf16; temperature, top_p and three penalties (R)
     float32, top_k (R) int64; greedy argmax (R) int64; float32 logits, sorted values, softmax/cumsum
     buffer and scattered output (R, V) float32; sort indices (R, V) int64; top-k and top-p masks (R, V)
     bool.
     """
-    return (r(4 * tokens) + r(8 * tokens) + r(8 * rows) + r(tokens * H * 2) + 2 * r(rows * H * 2)
-            + r(rows * VOCAB * 2)
+    return (r(4 * tokens) + r(8 * tokens) + r(tokens * H * 2) + 2 * r(rows * H * 2) + r(rows * VOCAB * 2)
             + 5 * r(rows * 4) + r(rows * 8) + r(rows * 8)
             + 4 * r(rows * VOCAB * 4) + r(rows * VOCAB * 8) + 2 * r(rows * VOCAB))
 
@@ -224,7 +224,7 @@ def test_activation_peak_matches_the_hand_count(tiny_llama, tokens, seqs, where)
     plan = plan_dummy_run(tokens, seqs)
     with LiveBytesTracker() as tracker:
         dummy_run(model, spec, plan, device="cpu")
-    forward, sampler = forward_peak_by_hand(tokens, plan.num_reqs), sampler_peak_by_hand(tokens, plan.num_reqs)
+    forward, sampler = forward_peak_by_hand(tokens), sampler_peak_by_hand(tokens, plan.num_reqs)
     assert tracker.peak_bytes == max(forward, sampler)
     assert (forward > sampler) == (where == "forward")
     assert tracker.current_bytes == 0
@@ -262,7 +262,7 @@ def test_model_runner_v2_sampler_peak_by_hand(tiny_llama, tokens, seqs, where):
     plan = plan_dummy_run(tokens, seqs)
     with LiveBytesTracker() as tracker:
         dummy_run(model, spec, plan, device="cpu", sampler_version="0.33")
-    forward, sampler = forward_peak_by_hand(tokens, seqs), v2_sampler_peak_by_hand(tokens, seqs)
+    forward, sampler = forward_peak_by_hand(tokens, logits_index_rows=seqs), v2_sampler_peak_by_hand(tokens, seqs)
     assert (sampler > forward) == (where == "sampler")
     assert tracker.peak_bytes == max(forward, sampler)
     assert tracker.current_bytes == 0
@@ -277,7 +277,7 @@ def test_sampler_can_be_left_out_and_off_the_last_stage(tiny_llama):
     plan = plan_dummy_run(16, 16)
     with LiveBytesTracker() as tracker:
         dummy_run(model, spec, plan, device="cpu", run_sampler=False)
-    assert tracker.peak_bytes == forward_peak_by_hand(16, 16)
+    assert tracker.peak_bytes == forward_peak_by_hand(16)
     first = build_model(spec, load_format="dummy", shape=ShardShape(partition=(1, 1), stage=0))
     with LiveBytesTracker() as tracker:
         dummy_run(first, spec, plan, device="cpu")     # no lm_head: no sampler
@@ -291,9 +291,9 @@ def test_later_stage_holds_vllm_intermediate_tensors(tiny_llama):
     with LiveBytesTracker() as tracker:
         dummy_run(last, spec, plan, device="cpu", run_sampler=False)
     # one layer; hidden_states and residual buffers (T, hidden) replace the embedding output, and the
-    # stage's input is the first of them: ids, positions, logits indices (4 requests), cos, sin, 2 buffers,
-    # residual after attention, normed, and the MLP's three (T, intermediate) tensors
-    expected = (r(4 * 1024) + r(8 * 1024) + r(8 * 4) + 2 * r(1024 * HEAD_DIM * 2) + 4 * r(1024 * H * 2)
+    # stage's input is the first of them: ids, positions, cos, sin, 2 buffers, residual after attention,
+    # normed, and the MLP's three (T, intermediate) tensors
+    expected = (r(4 * 1024) + r(8 * 1024) + 2 * r(1024 * HEAD_DIM * 2) + 4 * r(1024 * H * 2)
                 + 3 * r(1024 * INTERMEDIATE * 2))
     assert tracker.peak_bytes == expected
 
@@ -379,6 +379,70 @@ def test_decode_step_reads_and_writes_its_static_kv_cache(checkpoints, name):
     torch.testing.assert_close(hidden[0], reference[:, 0], rtol=1e-4, atol=1e-4)
 
 
+def test_cached_decode_attention_by_hand(monkeypatch):
+    """The decode attention against a cache of 3 tokens a sequence (2 already there), grouped-query (4 heads
+    over 2 kv heads), a scale of 0.3: the new key and value land in the last slot, and the output is the
+    softmax over the three keys, computed here by hand."""
+    import torch
+
+    from kvadvise.profile import runner as runner_module
+
+    monkeypatch.setattr(runner_module, "DECODE_KV_CACHE_TOKENS", 3)
+    generator = torch.Generator().manual_seed(0)
+    n, heads, kv_heads, d = 5, 4, 2, 8
+    key_cache = torch.randn(7, kv_heads, 3, d, generator=generator)
+    value_cache = torch.randn(7, kv_heads, 3, d, generator=generator)
+    query = torch.randn(1, heads, n, d, generator=generator)
+    key = torch.randn(1, kv_heads, n, d, generator=generator)
+    value = torch.randn(1, kv_heads, n, d, generator=generator)
+    old_keys, old_values = key_cache[:n, :, :2].clone(), value_cache[:n, :, :2].clone()
+    out = runner_module._cached_decode_attention(query, key, value, (key_cache, value_cache), 0.3)
+    assert tuple(out.shape) == (1, n, heads, d)
+    assert torch.equal(key_cache[:n, :, 2], key[0].transpose(0, 1))
+    assert torch.equal(value_cache[:n, :, 2], value[0].transpose(0, 1))
+    for seq in range(n):
+        for head in range(heads):
+            kv = head // (heads // kv_heads)
+            keys = torch.cat([old_keys[seq, kv], key[0, kv, seq][None]])          # (3, d)
+            values = torch.cat([old_values[seq, kv], value[0, kv, seq][None]])
+            weights = torch.softmax(keys @ query[0, head, seq] * 0.3, dim=0)
+            torch.testing.assert_close(out[0, seq, head], weights @ values, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_step_writes_each_layers_projected_keys(checkpoints):
+    """Layer 0's cached key of each sequence is that layer's key projection of its token (rotary at position
+    0 is the identity): the step writes what the model computes, not a placeholder."""
+    import torch
+
+    path, config = checkpoints["llama"]
+    spec = tiny_spec(config)
+    model = build_model(spec, load_format="auto", model_path=str(path), dtype="float32")
+    capture = prepare_decode_capture(model, spec, [4], device="cpu")
+    ids = torch.tensor([7, 1, 3, 9], dtype=torch.int32)
+    capture.inputs.input_ids.copy_(ids)
+    capture.make_step(4)()
+    layer = model.model.layers[0]
+    with torch.inference_mode():
+        normed = layer.input_layernorm(model.model.embed_tokens(ids.long()))
+        expected_keys = layer.self_attn.k_proj(normed).view(4, -1, HEAD_DIM)
+        expected_values = layer.self_attn.v_proj(normed).view(4, -1, HEAD_DIM)
+    keys, values = capture.kv_cache[layer.self_attn]
+    torch.testing.assert_close(keys[:, :, 0], expected_keys)
+    torch.testing.assert_close(values[:, :, 0], expected_values)
+
+
+def test_decode_kv_cache_is_the_text_decoders_only(checkpoints):
+    """gemma-3: the image encoder's attention layers run through the profile attention in the profile run,
+    but only the text decoder's layers (2) get a decode KV cache."""
+    path, config = checkpoints["gemma3"]
+    spec = tiny_spec(config)
+    model = build_model(spec, load_format="dummy")
+    dummy_run(model, spec, plan_dummy_run(16, 4), device="cpu")          # records the encoder's layers too
+    capture = prepare_decode_capture(model, spec, [4], device="cpu")
+    text_layers = {layer.self_attn for layer in model.model.language_model.layers}
+    assert set(capture.kv_cache) == text_layers and len(text_layers) == 2
+
+
 def test_decode_kv_cache_of_mla_takes_the_head_sizes_transformers_passes(checkpoints):
     """DeepSeek-V2 (MLA): transformers' attention gets per-head keys of qk_nope + qk_rope = 16 + 8 and values
     of v_head_dim 16 for all 4 heads (it expands the latent), so that is the cache the step reads."""
@@ -411,10 +475,9 @@ def test_sort_workspace_sizes_by_hand():
 
 
 def _sampler_base(tokens: int, rows: int, vocab: int, hidden: int) -> int:
-    """Live when the sampler sorts: ids, positions, logits indices (R) int64, hidden states (T, hidden),
-    last-token and rand hidden (R, hidden), bf16 logits (R, V), 5 float32 + 1 int64 (R) rows, greedy ids (R)
-    int64, float32 logits."""
-    return (r(4 * tokens) + r(8 * tokens) + r(8 * rows) + r(tokens * hidden * 2) + 2 * r(rows * hidden * 2)
+    """Live when the sampler sorts: ids, positions, hidden states (T, hidden), last-token and rand hidden
+    (R, hidden), bf16 logits (R, V), 5 float32 + 1 int64 (R) rows, greedy ids (R) int64, float32 logits."""
+    return (r(4 * tokens) + r(8 * tokens) + r(tokens * hidden * 2) + 2 * r(rows * hidden * 2)
             + r(rows * vocab * 2) + 5 * r(rows * 4) + 2 * r(rows * 8) + r(rows * vocab * 4))
 
 

@@ -20,6 +20,7 @@ from typing import List, Optional
 
 import typer
 
+from kvadvise.commands import _budget_options as opts
 from kvadvise.commands._common import (JsonOption, MinConcurrencyOption, MinTokensOption, Outcome, OutputOption,
                                        execute, parse_positive_int)
 
@@ -129,7 +130,8 @@ def _stage_workload(spec, stage_settings, device):
     return TorchWorkload(spec, stage_settings, device, model_path=os.path.dirname(spec.config_path))
 
 
-def _stage_settings(spec, split, index, settings, *, model: str, max_num_seqs, utilization: float):
+def _stage_settings(spec, split, index, settings, *, model: str, max_num_seqs, utilization: float,
+                    model_runner: str = "auto"):
     from kvadvise.profile.session import ProfileSettings
 
     return ProfileSettings(
@@ -137,7 +139,7 @@ def _stage_settings(spec, split, index, settings, *, model: str, max_num_seqs, u
         max_num_batched_tokens=settings.max_num_batched_tokens, max_num_seqs=max_num_seqs,
         max_model_len=settings.max_model_len, kv_cache_dtype=settings.kv_cache_dtype,
         block_size=settings.block_size, tensor_parallel_size=settings.tensor_parallel_size,
-        partition=tuple(split), stage=index, vllm_version=settings.vllm_version)
+        partition=tuple(split), stage=index, vllm_version=settings.vllm_version, model_runner=model_runner)
 
 
 def _rotary_cache_bytes(result) -> int:
@@ -177,7 +179,7 @@ def _add_stage_warnings(index: int, new: list, warnings: list) -> None:
 
 
 def measure_stages(spec, split, settings, *, model: str, max_num_seqs, utils, device, make_workload,
-                   nvml_reader=None, named_cards=None, progress=None):
+                   nvml_reader=None, named_cards=None, progress=None, model_runner: str = "auto"):
     """Measure every stage's shape in turn on `device` (the profile session's stage path), card released
     between stages by the session itself (model dropped, cache emptied) on every exit path.
 
@@ -198,7 +200,7 @@ def measure_stages(spec, split, settings, *, model: str, max_num_seqs, utils, de
     first_non_torch = None
     for index in range(len(split)):
         stage_settings = _stage_settings(spec, split, index, settings, model=model, max_num_seqs=max_num_seqs,
-                                         utilization=utils[index])
+                                         utilization=utils[index], model_runner=model_runner)
         target = None
         if named_cards is not None:
             card = named_cards[index]
@@ -248,7 +250,7 @@ def measure_stages(spec, split, settings, *, model: str, max_num_seqs, utils, de
     return cards, non_kv, warnings, extras
 
 
-def _engine_estimates(spec, split, cards, settings, *, model: str, max_num_seqs, utils):
+def _engine_estimates(spec, split, cards, settings, *, model: str, max_num_seqs, utils, model_runner: str = "auto"):
     """Each stage's non-KV terms from the estimate engine (fake tensors: imports torch), and the weights
     of each stage that do not move with its layers (config extras + the engine's per-stage rotary cache)."""
     from kvadvise.estimate.engine import TargetCard, estimate
@@ -265,7 +267,7 @@ def _engine_estimates(spec, split, cards, settings, *, model: str, max_num_seqs,
             name, family, key = found.device_name, found.family, found.key
         target = TargetCard(name, card.total_bytes, card.total_bytes, card.source, family, key)
         stage_settings = _stage_settings(spec, split, index, settings, model=model, max_num_seqs=max_num_seqs,
-                                         utilization=utils[index])
+                                         utilization=utils[index], model_runner=model_runner)
         estimated = estimate(spec, stage_settings, target)
         memory = estimated.report
         _add_stage_warnings(index, list(memory.warnings), warnings)
@@ -320,6 +322,7 @@ def pp_split(
                                                help="Sampler rows on the last stage (estimates)."),
     vllm_version: str = typer.Option("0.33", "--vllm-version", metavar="V",
                                      help="vLLM rules: 0.10.2, 0.11 (stages keep their tensors), 0.12, 0.33."),
+    model_runner: str = opts.ModelRunnerOption,
     json_mode: bool = JsonOption,
     output: Optional[Path] = OutputOption,
     min_tokens: Optional[int] = MinTokensOption,
@@ -362,6 +365,9 @@ def pp_split(
             vllm_version=vllm_version,
         )
         seqs = parse_positive_int(max_num_seqs, "--max-num-seqs")
+        from kvadvise.profile.sampler import check_model_runner
+
+        check_model_runner(model_runner, vllm_version)
         budget = (parse_bytes(kv_cache_memory_bytes, what="--kv-cache-memory-bytes")
                   if kv_cache_memory_bytes is not None else None)
         utilizations = _utilizations(util)
@@ -443,6 +449,7 @@ def pp_split(
             cards, non_kv, measured_warnings, stage_extras = measure_stages(
                 spec, split, settings, model=model, max_num_seqs=seqs, utils=utils, device=device,
                 make_workload=_stage_workload, nvml_reader=nvml_reader, named_cards=named_cards,
+                model_runner=model_runner,
                 progress=lambda text: console.print(text, markup=False))
             warnings += measured_warnings
             way = "measured (this machine's card, stage by stage)"
@@ -451,7 +458,8 @@ def pp_split(
             if not parameter_counts:
                 try:
                     non_kv, engine_warnings, stage_extras = _engine_estimates(
-                        spec, split, cards, settings, model=model, max_num_seqs=seqs, utils=utils)
+                        spec, split, cards, settings, model=model, max_num_seqs=seqs, utils=utils,
+                        model_runner=model_runner)
                     warnings += engine_warnings
                     way = "estimated (estimate engine, per stage)"
                 except (ImportError, InputError) as error:
@@ -460,7 +468,7 @@ def pp_split(
             if non_kv is None:
                 non_kv, layer_weights = pp.estimate_stage_non_kv(
                     spec, split, cards, settings, max_num_batched_tokens=settings.max_num_batched_tokens,
-                    max_num_seqs=seqs)
+                    max_num_seqs=seqs, model_runner=model_runner)
                 way = "estimated (parameter counts)"
                 warnings.append("non-KV memory estimated from parameter counts (the activation is the estimate "
                                 "engine's analytic formula; non-torch and CUDA-graph terms are rules of thumb): "

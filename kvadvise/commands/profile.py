@@ -174,13 +174,9 @@ def resolve_settings(options: dict[str, Any], spec: Any, warnings: list[str]) ->
     if version not in VLLM_VERSIONS:
         raise InputError(f"--vllm-version: {version!r} is not one we mirror", hint="one of " + ", ".join(VLLM_VERSIONS))
     runner = options.get("model_runner") or "auto"
-    from kvadvise.profile.sampler import MODEL_RUNNERS
+    from kvadvise.profile.sampler import check_model_runner
 
-    if runner not in MODEL_RUNNERS:
-        raise InputError(f"--model-runner: {runner!r} is not one of {', '.join(MODEL_RUNNERS)}")
-    if runner == "v2" and version != "0.33":
-        raise InputError(f"--model-runner v2 with --vllm-version {version}: Model Runner V2 is mirrored for 0.33 "
-                         "(before 0.25 it was opt-in and experimental)", hint="--model-runner v1, or --vllm-version 0.33")
+    check_model_runner(runner, version)
     for key in ("max_num_batched_tokens", "max_num_seqs", "max_model_len", "block_size"):
         if options[key] is not None and options[key] < 1:
             raise InputError(f"--{key.replace('_', '-')} must be >= 1, got {options[key]}")

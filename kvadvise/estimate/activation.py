@@ -94,7 +94,7 @@ def build_fake_model(spec: Any, *, dtype: str, shape: Any, fake_mode: Any) -> An
 
 
 def trace_activation(model: Any, spec: Any, plan: Any, *, shape: Any, fake_mode: Any, run_sampler: bool,
-                     vllm_version: str, cublas_workspace_bytes: int = 0) -> int:
+                     sampler_rule: str, cublas_workspace_bytes: int = 0) -> int:
     """Peak live bytes of the runner's dummy run minus the bytes live before it (as profile measures).
 
     cublas_workspace_bytes: the target card's cuBLAS workspace (kvadvise.plan.dummy), which vLLM's first
@@ -112,14 +112,14 @@ def trace_activation(model: Any, spec: Any, plan: Any, *, shape: Any, fake_mode:
         with tracker:
             inputs = make_dummy_inputs(plan, model, device="cpu")
             before = tracker.reset_peak()
-            dummy_run(model, spec, plan, device="cpu", run_sampler=run_sampler, sampler_version=vllm_version,
+            dummy_run(model, spec, plan, device="cpu", run_sampler=run_sampler, sampler_version=sampler_rule,
                       shape=shape, inputs=inputs, cublas_workspace_bytes=cublas_workspace_bytes)
             peak = tracker.peak_bytes
             del inputs
     return peak - before
 
 
-def estimate_activation(spec: Any, plan: Any, *, dtype: str, shape: Any, run_sampler: bool, vllm_version: str,
+def estimate_activation(spec: Any, plan: Any, *, dtype: str, shape: Any, run_sampler: bool, sampler_rule: str,
                         model: Any = None, fake_mode: Any = None, shortcut: bool = True,
                         cublas_workspace_bytes: int = 0) -> ActivationEstimate:
     """Trace the dummy run under fake tensors (the shortcut model unless shortcut=False); analytic fallback."""
@@ -131,12 +131,12 @@ def estimate_activation(spec: Any, plan: Any, *, dtype: str, shape: Any, run_sam
             model = build_fake_model(spec, dtype=dtype, shape=shape, fake_mode=fake_mode)
         kept, total = representative_layers(model) if shortcut else (None, None)
         peak = trace_activation(model, spec, plan, shape=shape, fake_mode=fake_mode, run_sampler=run_sampler,
-                                vllm_version=vllm_version, cublas_workspace_bytes=cublas_workspace_bytes)
+                                sampler_rule=sampler_rule, cublas_workspace_bytes=cublas_workspace_bytes)
         return ActivationEstimate(peak, "fake-tensor trace", kept, total)
     except Exception as error:  # an op fake tensors cannot run (data-dependent output), an unknown layout
         bytes_ = analytic_activation_bytes(spec, plan, dtype=dtype,
                                            tensor_parallel_size=shape.tensor_parallel_size,
-                                           run_sampler=run_sampler, vllm_version=vllm_version) + cublas_workspace_bytes
+                                           run_sampler=run_sampler, sampler_rule=sampler_rule) + cublas_workspace_bytes
         reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
         return ActivationEstimate(bytes_, "analytic", None, None, (
             f"the dummy run could not be traced under fake tensors ({reason}); the peak activation is the "
@@ -147,7 +147,7 @@ DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
 def analytic_activation_bytes(spec: Any, plan: Any, *, dtype: str, tensor_parallel_size: int = 1,
-                              run_sampler: bool = True, vllm_version: str = "0.11") -> int:
+                              run_sampler: bool = True, sampler_rule: str = "0.11") -> int:
     """The documented fallback formula (per TP rank), in bytes:
 
     forward = T x b x (4 H + max(attention, mlp)), T = tokens, b = dtype bytes, H = hidden size;
@@ -179,5 +179,5 @@ def analytic_activation_bytes(spec: Any, plan: Any, *, dtype: str, tensor_parall
     if run_sampler:
         from kvadvise.profile.sampler import sampler_bytes  # plain arithmetic: no torch import
 
-        sampler = sampler_bytes(vllm_version, plan.sampler_rows, spec.vocab_size, hidden, b)
+        sampler = sampler_bytes(sampler_rule, plan.sampler_rows, spec.vocab_size, hidden, b)
     return forward + sampler

@@ -171,7 +171,7 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
                         "Hopper/Blackwell figure) counted in the activation peak")
     with quiet_transformers():
         activation = estimate_activation(spec, plan, dtype=dtype, shape=shape, run_sampler=run_sampler,
-                                         vllm_version=settings.sampler_rule, model=model, fake_mode=fake_mode,
+                                         sampler_rule=settings.sampler_rule, model=model, fake_mode=fake_mode,
                                          shortcut=shortcut, cublas_workspace_bytes=cublas)
     warnings.extend(activation.warnings)
     from kvadvise.plan.fidelity import image_model_warning

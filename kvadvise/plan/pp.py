@@ -853,7 +853,8 @@ def layer_weights_from_stages(estimated_layer_bytes: Sequence[int], partition: S
 
 def estimate_stage_non_kv(spec: ModelSpec, partition: Sequence[int], cards: Sequence[StageCard],
                           settings: KvSettings, *, max_num_batched_tokens: Optional[int] = None,
-                          max_num_seqs: Optional[int] = None) -> tuple[tuple[StageNonKv, ...], tuple[int, ...]]:
+                          max_num_seqs: Optional[int] = None,
+                          model_runner: str = "auto") -> tuple[tuple[StageNonKv, ...], tuple[int, ...]]:
     """Estimated non-KV terms of every stage, and the estimated weights of every layer.
 
     The activation peak is the estimate engine's own analytic formula (estimate/activation.py
@@ -863,6 +864,9 @@ def estimate_stage_non_kv(spec: ModelSpec, partition: Sequence[int], cards: Sequ
     # plain arithmetic, no torch: the same formula the estimate engine falls back to, not a third one
     from kvadvise.estimate.activation import analytic_activation_bytes
     from kvadvise.plan.dummy import cublas_workspace_bytes_for_family, plan_dummy_run, vllm_default_batch
+    from kvadvise.profile.sampler import sampler_rule   # plain arithmetic: imports no torch
+
+    rule = sampler_rule(settings.vllm_version, model_runner)[0]
 
     tp = settings.tensor_parallel_size
     layer_weights = estimate_layer_weights_bytes(spec, tp)
@@ -877,7 +881,7 @@ def estimate_stage_non_kv(spec: ModelSpec, partition: Sequence[int], cards: Sequ
         # vLLM's first matmul allocates the cuBLAS workspace inside its profile run (unknown family: the largest)
         workspace, _known = cublas_workspace_bytes_for_family(card.family)
         activation = analytic_activation_bytes(spec, run, dtype=spec.dtype, tensor_parallel_size=tp,
-                                               run_sampler=s == n - 1) + workspace
+                                               run_sampler=s == n - 1, sampler_rule=rule) + workspace
         result.append(StageNonKv(weights_bytes=weights, activation_peak_bytes=activation,
                                  non_torch_bytes=ESTIMATED_NON_TORCH_BYTES,
                                  cuda_graph_bytes=ESTIMATED_CUDA_GRAPH_BYTES, method="estimated"))

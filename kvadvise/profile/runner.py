@@ -58,6 +58,8 @@ DECODE_KV_CACHE_TOKENS = 1
 # what each attention layer was seen to receive: module -> (kv heads, key head size, value head size, dtype);
 # the decode step's static KV cache is shaped from it (prepare_decode_capture)
 _ATTENTION_SHAPES: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+# decoders whose every attention layer was recorded by a forward that ran to its end
+_RECORDED_DECODERS: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
 # during a captured decode step: module -> (key cache, value cache), the static cache its attention reads
 _DECODE_KV_CACHE: "contextvars.ContextVar[Optional[dict]]" = contextvars.ContextVar("kvadvise_decode_kv_cache",
                                                                                   default=None)
@@ -95,8 +97,11 @@ def _cached_decode_attention(query, key, value, cache, scaling):
     key_cache[:n, :, slot].copy_(key[0].transpose(0, 1))
     value_cache[:n, :, slot].copy_(value[0].transpose(0, 1))
     q = query[0].transpose(0, 1).unsqueeze(2)                                   # (n, heads, 1, d)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q, key_cache[:n], value_cache[:n], scale=scaling, enable_gqa=q.shape[1] != key_cache.shape[1])
+    keys, values = key_cache[:n], value_cache[:n]
+    groups = q.shape[1] // keys.shape[1]
+    if groups > 1:   # grouped-query attention; SDPA's enable_gqa needs torch >= 2.5 (we support 2.4)
+        keys, values = keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
+    out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, scale=scaling)
     return out.squeeze(2).unsqueeze(0)                                          # (1, n, heads, d_v)
 
 
@@ -196,14 +201,15 @@ class DummyInputs:
     logits_indices: Any = None         # int64 (requests,): each request's last token (Model Runner V2's buffer)
 
 
-def make_dummy_inputs(plan: DummyRunPlan, model, *, device) -> DummyInputs:
-    """The token-id, position and logits-index buffers of a plan (vLLM's persistent input buffers hold them
-    before profiling: InputBatch in the V1 runner, InputBuffers in Model Runner V2)."""
+def make_dummy_inputs(plan: DummyRunPlan, model, *, device, sampler_rule: str = "0.11") -> DummyInputs:
+    """The token-id and position buffers of a plan (vLLM's persistent input buffers hold them before
+    profiling: InputBatch in the V1 runner, InputBuffers in Model Runner V2, which also holds the logits
+    indices: sampler rule "0.33")."""
     import torch
 
     input_ids = torch.zeros(plan.num_tokens, dtype=torch.int32, device=device)
     positions = _device_tensor(plan.positions, device)
-    logits_indices = _device_tensor(plan.last_token_indices, device)
+    logits_indices = _device_tensor(plan.last_token_indices, device) if sampler_rule == "0.33" else None
     return DummyInputs(input_ids=input_ids, positions=positions, logits_indices=logits_indices)
 
 
@@ -256,6 +262,8 @@ def _forward(parts, inputs: DummyInputs, num_tokens: int):
     else:
         ids = inputs.input_ids[:num_tokens].unsqueeze(0)
         out = parts.decoder(input_ids=ids, position_ids=positions, use_cache=False)
+    if _DECODE_KV_CACHE.get() is None:
+        _RECORDED_DECODERS[parts.decoder] = True      # every attention layer has been through profile_attention
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
@@ -326,7 +334,8 @@ def dummy_run(model, spec: ModelSpec, plan: DummyRunPlan, *, device, run_sampler
     try:
         with torch.inference_mode(), profile_implementations(model):
             if own_inputs:
-                inputs = make_dummy_inputs(plan, model, device=device)
+                inputs = make_dummy_inputs(plan, model, device=device,
+                                           sampler_rule=sampler_rule(sampler_version)[0])
             cublas_workspace = (torch.empty(cublas_workspace_bytes, dtype=torch.uint8, device=device)
                                 if cublas_workspace_bytes > 0 else None)
             encoder_kept = (_profile_encoder(model, plan.num_tokens, device)
@@ -384,20 +393,16 @@ class DecodeCapture:
 
 
 def _attention_shapes(model, parts, inputs: DummyInputs) -> dict:
-    """module -> (kv heads, key head size, value head size, dtype) of every attention layer that goes through
-    the profile attention; from the profile run when it ran on this model, else from a one-token probe."""
+    """module -> (kv heads, key head size, value head size, dtype) of every decoder attention layer that goes
+    through the profile attention (not an image encoder's); from the profile run when its forward ran to the
+    end on this decoder, else from a one-token probe."""
     import torch
 
-    def seen() -> dict:
-        return {module: _ATTENTION_SHAPES[module] for module in model.modules() if module in _ATTENTION_SHAPES}
-
-    shapes = seen()
-    if not shapes:
+    if parts.decoder not in _RECORDED_DECODERS:
         with torch.inference_mode(), profile_implementations(model):
             probe = _forward(parts, inputs, 1)
         del probe
-        shapes = seen()
-    return shapes
+    return {module: _ATTENTION_SHAPES[module] for module in parts.decoder.modules() if module in _ATTENTION_SHAPES}
 
 
 def prepare_decode_capture(model, spec: ModelSpec, sizes: Sequence[int], *, device,

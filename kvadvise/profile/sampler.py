@@ -65,9 +65,24 @@ GUMBEL_BLOCK = 1024
 
 
 MODEL_RUNNERS = ("auto", "v1", "v2")
-# the V1 runner's dummy sampler in 0.21+ (FlashInfer first, then forward_native with Triton top-k/top-p):
-# at least the float32 copy, the softmax and the exponential noise, 12 bytes an entry beyond the logits
+# the V1 runner's dummy sampler in 0.21+ (read in vLLM 0.28's v1/worker/gpu_model_runner.py _dummy_sampler_run,
+# v1/sample/sampler.py and ops/topk_topp_sampler.py: a FlashInfer call, then forward_native with the Triton
+# top-k/top-p kernel): the tensors it makes are a float32 copy, a softmax and the exponential noise (or
+# FlashInfer's masked logits and softmax), 12 bytes an entry beyond the logits; FlashInfer's own workspace
+# and the Triton kernel's cached buffer (at most 2 rows' worth a row) are not counted in this figure
 _NEWER_V1_SAMPLER_MIN_BYTES_PER_ENTRY = 12
+
+
+def check_model_runner(model_runner: str, vllm_version: str) -> None:
+    """InputError for a runner we do not know, or Model Runner V2 on a release whose V2 we do not mirror."""
+    from kvadvise.errors import InputError
+
+    if model_runner not in MODEL_RUNNERS:
+        raise InputError(f"--model-runner: {model_runner!r} is not one of {', '.join(MODEL_RUNNERS)}")
+    if model_runner == "v2" and _version_key(vllm_version) != (0, 33):
+        raise InputError(f"--model-runner v2 with --vllm-version {vllm_version}: Model Runner V2 is mirrored for "
+                         "0.33 (before 0.25 it was opt-in and experimental)",
+                         hint="--model-runner v1, or --vllm-version 0.33")
 
 
 def default_model_runner(vllm_version: str) -> str:
@@ -131,8 +146,8 @@ def sampler_warning(vllm_version: str, rows: int, vocab_size: int, model_runner:
         v1_more = rows * vocab_size * SAMPLER_BYTES_PER_ENTRY
         return (f"vLLM {vllm_version}'s profile run is mirrored as Model Runner V2's (its default runner): a greedy "
                 f"argmax over the {rows} x {vocab_size} logits, no float32 copy, no top-k/top-p; if vLLM runs the V1 "
-                f"runner (VLLM_USE_V2_MODEL_RUNNER=0, or a feature V2 lacks) its peak is up to {v1_more} bytes "
-                "higher: pass --model-runner v1. As vLLM notes, real top-k/top-p requests make the sampler allocate "
+                f"runner (VLLM_USE_V2_MODEL_RUNNER=0, or a feature V2 lacks) its peak is about {v1_more} bytes "
+                "higher (36 bytes a row and entry): pass --model-runner v1. As vLLM notes, real top-k/top-p requests make the sampler allocate "
                 f"at least {runtime_sampler_excess_bytes(rows, vocab_size)} bytes more than profiled (a float32 copy "
                 "of the logits): inside --util's headroom for 'fit', not for 'full'")
     if own:
@@ -141,9 +156,11 @@ def sampler_warning(vllm_version: str, rows: int, vocab_size: int, model_runner:
         slack = rows * vocab_size * (SAMPLER_BYTES_PER_ENTRY - _NEWER_V1_SAMPLER_MIN_BYTES_PER_ENTRY)
         return (f"vLLM {vllm_version}'s V1 runner samples its dummy batch with FlashInfer, then with the Triton "
                 f"top-k/top-p kernel: not mirrored; the 0.11 sampler counted instead (sort and masks, "
-                f"{SAMPLER_BYTES_PER_ENTRY} bytes an entry beyond the logits) is an upper bound of it, so 'fit' is at "
-                f"most {slack} bytes below what vLLM could hold ({rows} x {vocab_size} x "
-                f"{SAMPLER_BYTES_PER_ENTRY - _NEWER_V1_SAMPLER_MIN_BYTES_PER_ENTRY}), never above")
+                f"{SAMPLER_BYTES_PER_ENTRY} bytes an entry beyond the logits) exceeds the tensors that path makes (12 "
+                f"bytes an entry, plus the Triton kernel's buffer of at most 8 more), so 'fit' is up to {slack} "
+                f"bytes below what vLLM could hold ({rows} x {vocab_size} x "
+                f"{SAMPLER_BYTES_PER_ENTRY - _NEWER_V1_SAMPLER_MIN_BYTES_PER_ENTRY}): an upper bound, on the "
+                "safe side (FlashInfer's own workspace aside)")
     share = rows * vocab_size * (2 + SAMPLER_BYTES_PER_ENTRY)
     return (f"the dummy sampler follows vLLM {rule}'s (v1 PyTorch top-k/top-p path); vLLM {vllm_version}'s own "
             f"sampler is not mirrored: the sampler's share of the activation peak ({rows} rows x {vocab_size} "

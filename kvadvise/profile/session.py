@@ -63,6 +63,11 @@ class ProfileSettings:
     model_runner: str = "auto"                  # vLLM's model runner: auto (the version's default), v1, v2
     run_sampler: Optional[bool] = None          # None: on the last pipeline stage only (as vLLM)
 
+    def __post_init__(self) -> None:
+        from kvadvise.profile.sampler import check_model_runner
+
+        check_model_runner(self.model_runner, self.vllm_version)
+
     @property
     def sampler_rule(self) -> str:
         """The dummy sampler mirrored: "0.11" (the V1 runner's) or "0.33" (Model Runner V2's)."""
@@ -800,7 +805,8 @@ class TorchWorkload:
         from kvadvise.profile.runner import make_dummy_inputs
 
         self._plan = plan_dummy_run(num_tokens, num_seqs)
-        self._inputs = make_dummy_inputs(self._plan, self.model, device=self.device.torch_device)
+        self._inputs = make_dummy_inputs(self._plan, self.model, device=self.device.torch_device,
+                                         sampler_rule=self.settings.sampler_rule)
 
     def dummy_run(self, num_tokens: int, num_seqs: int) -> None:
         from kvadvise.plan.dummy import plan_dummy_run
