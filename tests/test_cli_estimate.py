@@ -82,8 +82,17 @@ def test_real_config_default_batch_and_family_defaults():
     document = _json(result)
     # vLLM's defaults on an 80 GB non-A100 card (kvadvise.plan.dummy): 8192 tokens, 1024 sequences
     assert (document["settings"]["max_num_batched_tokens"], document["settings"]["max_num_seqs"]) == (8192, 1024)
-    # the hopper non-torch default: 0.16 GiB from an H100 log (case12)
-    assert document["memory"]["non_torch_bytes"] == 16 * GIB // 100
+    # the hopper non-torch default: 0.16 GiB from an H100 log (case12), plus vLLM 0.33's Model Runner V2
+    # state by hand (R 1024 sequences, T 8192 tokens, V 128256, ceil(V / 32) = 4008 words, int32 unless said):
+    # bin counts R x V, prompt mask and grammar bitmask R x 4008 each, three logit-bias tables and the bad-word
+    # ids R x 1024 each, stop ids and logprob ids R x 128, bad-word offsets R x 129, structured indices R;
+    # request state 2 R + R int64 + R; inputs T x (4 + 8 + 1), R + 1, 2 R
+    r, t, v = 1024, 8192, 128256
+    sampler = 4 * (r * v + 2 * r * 4008 + 4 * r * 1024 + 2 * r * 128 + r * 129 + r)
+    inputs = 4 * 2 * r + 8 * r + 4 * r + 13 * t + 4 * (r + 1) + 4 * 2 * r
+    assert document["memory"]["non_torch_vllm_buffers"] == {"Model Runner V2 sampler state": sampler,
+                                                            "Model Runner V2 request and input buffers": inputs}
+    assert document["memory"]["non_torch_bytes"] == 16 * GIB // 100 + sampler + inputs
     graphs = document["estimate"]["cuda_graphs"]
     assert document["memory"]["cuda_graph_bytes"] == graphs["pool_bytes"] + graphs["num_sizes"] * graphs["bytes_per_size"]
     assert document["estimate"]["activation"]["traced_layers"] == 2
@@ -358,3 +367,30 @@ def test_model_runner_chooses_the_dummy_sampler_mirrored():
         result = runner.invoke(app, ["estimate", *common, *bad])
         assert result.exit_code == 2, result.output
         assert "--model-runner" in result.stderr and "Traceback" not in result.output
+
+
+def test_model_runner_v2_start_up_log_whole_budget():
+    """vLLM 0.27.1 (Model Runner V2, the runner 0.33 rules mirror), Qwen3-8B, a 23.52 GiB card with 22.64 free,
+    util 0.92 (alexostapiuk11/coldstart-recon-worker fixtures/vllm_logs/startup_1.log, tests/data/
+    activation_cases.json v0271-qwen3-8b): vLLM suggests 5587232994 to fit and 6663106048 to fill the card.
+    The estimate from the config alone, term by term against the log (GiB, the errors docs/fidelity.md
+    reports): consumed 15.54 (weights + non-torch with the Model Runner V2 state) -0.04, peak activation 0.19
+    +0.02, graphs 0.56 -0.01; both suggestions +0.02 (above vLLM's, inside its 150 MiB buffer)."""
+    result = runner.invoke(app, ["estimate", str(CONFIGS / "Qwen__Qwen3-8B.json"), "--gpu", "rtx4090",
+                                 "--gpu-memory", "23.52GiB", "--gpu-free", "22.64GiB", "--util", "0.92",
+                                 "--max-model-len", "8192", "--json"])
+    assert result.exit_code == 0, result.output
+    document = _json(result)
+    memory, advice = document["memory"], document["advice"]
+    assert (document["settings"]["max_num_batched_tokens"], document["settings"]["max_num_seqs"]) == (2048, 256)
+
+    def error(ours: int, logged_gib: float) -> float:
+        return round(ours / GIB - logged_gib, 2)
+
+    assert error(memory["weights_bytes"] + memory["non_torch_bytes"], 15.54) == -0.04
+    assert error(memory["activation_peak_bytes"], 0.19) == 0.02
+    assert error(memory["cuda_graph_bytes"], 0.56) == -0.01
+    assert error(advice["fit"]["kv_cache_memory_bytes"], 5587232994 / GIB) == 0.02
+    assert error(advice["full"]["kv_cache_memory_bytes"], 6663106048 / GIB) == 0.02
+    # without Model Runner V2's state the consumed memory would be 0.19 GiB low
+    assert round(memory["non_torch_vllm_buffers_bytes"] / GIB, 2) == 0.16

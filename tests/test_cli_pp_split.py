@@ -24,6 +24,20 @@ KIB = 1 << 10
 runner = CliRunner()
 
 
+# the scripted stage figures are the whole terms with the V1 runner; Model Runner V2 (0.33's default) adds its
+# computed state to non-torch memory (test_measured_here_adds_model_runner_v2_state)
+V1_RUNNER = ("--model-runner", "v1")
+# vLLM 0.33's Model Runner V2 state that vLLM counts with non-torch memory (kvadvise/plan/vllm_buffers.py), by
+# hand: request state 2 R + R int64 + R, inputs T x 13 + (R + 1) + 2 R (int32 unless said); at R 4, T 2048
+RUNNER_INPUTS_4_2048 = 4 * 2 * 4 + 8 * 4 + 4 * 4 + 13 * 2048 + 4 * 5 + 4 * 2 * 4
+
+
+def runner_sampler_state(r: int, v: int) -> int:
+    """The sampler's tables (last stage): bin counts R x V, two R x ceil(V/32) masks, four R x 1024 tables,
+    two R x 128, R x 129 offsets and R structured indices, int32."""
+    return 4 * (r * v + 2 * r * -(-v // 32) + 4 * r * 1024 + 2 * r * 128 + r * 129 + r)
+
+
 def run(*args: str):
     return runner.invoke(app, ["pp-split", *args])
 
@@ -452,7 +466,7 @@ def test_measured_here_stage_by_stage_on_the_local_card(monkeypatch):
     fake = FakeCudaDevice(80 * GIB, context_bytes=500 * MIB)
     made = measured_here(monkeypatch, fake)
     document = run_json(QWEN32, "--partition", "48,16", "--util", "0.75", "--max-model-len", "4096",
-                        "--max-num-batched-tokens", "2048", "--max-num-seqs", "4")
+                        "--max-num-batched-tokens", "2048", "--max-num-seqs", "4", *V1_RUNNER)
     # each stage measured in turn, as the profile's --stage path: dummy weights, the stage's shape
     assert [(m[0].partition, m[0].stage, m[0].load_format) for m in made] == [((48, 16), 0, "dummy"),
                                                                               ((48, 16), 1, "dummy")]
@@ -473,7 +487,7 @@ def test_measured_here_stage_by_stage_on_the_local_card(monkeypatch):
         assert stage["free_bytes_at_start"] == 80 * GIB - 500 * MIB
         assert stage["gpu_memory_utilization"] == 0.75
         # graphs: the 22 MiB pool of stage_script (the 40 MiB static buffers are allocated before the phase's
-        # first snapshot). Non-torch: the run's 64 MiB of driver memory
+        # first snapshot). Non-torch: the run's 64 MiB of driver memory (the V1 runner: no computed runner state)
         assert stage["cuda_graph_bytes"] == 22 * MIB and stage["non_torch_bytes"] == 64 * MIB
     # weights = the blocks allocated while loading (all multiples of 512 B); activation = the run's peak
     assert stage0["weights_bytes"] == EMBEDDING_32B + 48 * LAYER_32B
@@ -531,7 +545,7 @@ def test_measured_here_later_stage_keeps_the_first_stages_non_torch(monkeypatch)
         return values
 
     measured_here(monkeypatch, FakeCudaDevice(80 * GIB), script)
-    document = run_json(QWEN32, "--partition", "48,16", "--max-num-batched-tokens", "2048", "--max-num-seqs", "4")
+    document = run_json(QWEN32, "--partition", "48,16", "--max-num-batched-tokens", "2048", "--max-num-seqs", "4", *V1_RUNNER)
     assert [s["non_torch_bytes"] for s in document["stages"]] == [64 * MIB, 64 * MIB]
     assert any(w.startswith("stage 1: non-torch memory measured 16777216 bytes") for w in document["warnings"])
 
@@ -543,7 +557,7 @@ def test_measured_here_for_named_cards(monkeypatch):
     fake = FakeCudaDevice(80 * GIB)
     made = measured_here(monkeypatch, fake)
     document = run_json(QWEN32, "--partition", "48,16", "--gpu-memory", "32GiB,48GiB", "--util", "0.75",
-                        "--max-num-batched-tokens", "2048", "--max-num-seqs", "4", exit_code=0)
+                        "--max-num-batched-tokens", "2048", "--max-num-seqs", "4", *V1_RUNNER, exit_code=0)
     assert len(made) == 2
     stage0, stage1 = document["stages"]
     assert (stage0["total_bytes"], stage1["total_bytes"]) == (32 * GIB, 48 * GIB)
@@ -757,3 +771,15 @@ def test_model_runner_sets_the_last_stages_sampler_share():
         v1_sampler_bytes(256, 151936, 4096, 2) - v2_sampler_bytes(256, 151936, 2))
     result = run(*args, "--vllm-version", "0.12", "--model-runner", "v2")
     assert result.exit_code == 2 and "--model-runner" in result.stderr
+
+
+def test_measured_here_adds_model_runner_v2_state(monkeypatch):
+    """With vLLM 0.33's default runner (V2) each measured stage's non-torch memory also holds the runner state
+    vLLM counts there: the request and input buffers on every stage, the sampler's tables on the last one."""
+    from fake_device import FakeCudaDevice
+
+    measured_here(monkeypatch, FakeCudaDevice(80 * GIB))
+    document = run_json(QWEN32, "--partition", "48,16", "--max-num-batched-tokens", "2048", "--max-num-seqs", "4")
+    stage0, stage1 = document["stages"]
+    assert stage0["non_torch_bytes"] == 64 * MIB + RUNNER_INPUTS_4_2048
+    assert stage1["non_torch_bytes"] == 64 * MIB + RUNNER_INPUTS_4_2048 + runner_sampler_state(4, 151936)

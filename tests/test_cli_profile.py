@@ -17,6 +17,11 @@ from tiny_models import safetensors_tensor_bytes, save_tiny_checkpoint
 runner = CliRunner()
 EXAMPLE = Path(__file__).parent.parent / "examples" / "tiny-llama"
 SMALL_BATCH = ["--max-num-batched-tokens", "64", "--max-num-seqs", "8"]
+# vLLM 0.33's Model Runner V2 state at SMALL_BATCH (R 8, T 64) for the tiny vocabulary of 512 (int32 unless said),
+# by hand: the sampler's tables (bin counts R x V, two R x 16-word masks, four R x 1024, two R x 128, R x 129,
+# R) and the request and input buffers (2 R + R int64 + R; T x 13 + (R + 1) + 2 R)
+TINY_RUNNER_STATE = 4 * (8 * 512 + 2 * 8 * 16 + 4 * 8 * 1024 + 2 * 8 * 128 + 8 * 129 + 8) + (
+    4 * 2 * 8 + 8 * 8 + 4 * 8 + 13 * 64 + 4 * 9 + 4 * 2 * 8)
 
 
 def _run(args):
@@ -67,7 +72,9 @@ def test_cpu_auto_load_weights_are_the_checkpoint_plus_buffers(tiny_llama):
     assert document["memory"]["cuda_graph_method"] == "estimated"
     assert document["memory"]["non_torch_method"] == "estimated"
     # --gpu-memory names no family: estimate's default for an unknown card, 0.16 GiB (kvadvise/estimate/graphs.py)
-    assert document["memory"]["non_torch_bytes"] == 16 * GIB // 100
+    # + Model Runner V2's state (vLLM 0.33's default runner), computed, shown as the non-torch sub-line
+    assert document["memory"]["non_torch_bytes"] == 16 * GIB // 100 + TINY_RUNNER_STATE
+    assert document["memory"]["non_torch_vllm_buffers_bytes"] == TINY_RUNNER_STATE
     assert any("non-torch memory" in w and "ESTIMATED" in w for w in document["warnings"])
     assert any("CUDA graphs cannot be captured on the host" in w for w in document["warnings"])
     assert document["measurement"]["device_measured"] == "cpu"
@@ -331,7 +338,8 @@ def test_cpu_enforce_eager_has_no_graphs_and_a_hopper_non_torch_default(tiny_lla
     memory = _json(result)["memory"]
     assert (memory["cuda_graph_bytes"], memory["cuda_graph_method"]) == (0, "not_applicable")
     # estimate's family default: hopper 0.16 GiB (kvadvise/estimate/graphs.py, from an H100 log)
-    assert (memory["non_torch_bytes"], memory["non_torch_method"]) == (16 * GIB // 100, "estimated")
+    assert (memory["non_torch_bytes"], memory["non_torch_method"]) == (16 * GIB // 100 + TINY_RUNNER_STATE,
+                                                                       "estimated")
 
 
 def test_profile_and_estimate_declare_their_shared_options_once():

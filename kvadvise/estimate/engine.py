@@ -215,6 +215,11 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
     else:
         default = default_non_torch(card.family, card.catalog_key, settings.tensor_parallel_size)
         non_torch, non_torch_method, non_torch_source = default.bytes, "estimated", default.source
+    # Model Runner V2's own state (computed), which vLLM counts with its non-torch memory; not added to a
+    # figure the user gave (read from a log, it holds it already)
+    runner_state = session.runner_state_bytes(settings, spec, tokens, seqs) if non_torch_bytes is None else None
+    if runner_state:
+        non_torch += sum(runner_state.values())
 
     if card.free_bytes_at_start == card.total_bytes:
         warnings.append("free memory at start is taken as the card's total: on a real card the CUDA context "
@@ -222,7 +227,8 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
                         "value is an upper bound (give --gpu-free); 'fit' does not depend on it")
     memory = NonKvMemory(weights.weights_bytes, activation.activation_peak_bytes, non_torch, graph_bytes,
                          weights_method="estimated", activation_peak_method="estimated",
-                         non_torch_method=non_torch_method, cuda_graph_method=graph_method)
+                         non_torch_method=non_torch_method, cuda_graph_method=graph_method,
+                         non_torch_vllm_buffers=runner_state)
     device = DeviceInfo(name=card.name, total_bytes=card.total_bytes, free_bytes_at_start=card.free_bytes_at_start,
                         source=card.source)
     layout = session.kv_layout_for(settings, spec, tokens)

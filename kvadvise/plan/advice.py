@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Mapping, Optional
 
 # mirrors vLLM 0.10.2 v1/worker/gpu_worker.py: redundancy_buffer_memory = 150 * (1 << 20)
 REDUNDANCY_BUFFER_BYTES = 150 * (1 << 20)
@@ -45,6 +45,9 @@ class NonKvMemory:
     activation_peak_method: str = "measured"
     non_torch_method: str = "measured"
     cuda_graph_method: str = "measured"
+    # the part of non_torch_bytes that is vLLM's own runner state, computed (Model Runner V2: vLLM counts it in
+    # "consumed memory (weights + non-torch)"), by reason; None when there is none
+    non_torch_vllm_buffers: Optional[Mapping[str, int]] = None
 
     @property
     def total_bytes(self) -> int:

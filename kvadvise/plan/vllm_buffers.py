@@ -199,3 +199,43 @@ def vllm_weight_buffers(text_config: Mapping[str, Any], *, dtype_bytes: int, ten
         rotary_cache_bytes=sum(cache.bytes for cache in caches),
         vocab_padding_bytes=vocab_padding_bytes(vocab_tensors, tensor_parallel_size, dtype_bytes),
         method="computed" if exact else "estimated", rotary_caches=caches, notes=tuple(notes))
+
+
+# ------------------------------------------------------------------ Model Runner V2's state ----------------
+
+RUNNER_SAMPLER_DETAIL = "Model Runner V2 sampler state"
+RUNNER_INPUTS_DETAIL = "Model Runner V2 request and input buffers"
+# mirrors vLLM 0.27 v1/worker/gpu/sample/logit_bias.py MAX_ALLOWED_TOKEN_IDS / MAX_LOGIT_BIAS_TOKENS (1024) and
+# MAX_STOP_TOKEN_IDS (128), bad_words.py MAX_BAD_WORDS_TOTAL_TOKENS (1024) and MAX_NUM_BAD_WORDS (128),
+# sampling_params.py MAX_LOGPROB_TOKEN_IDS (128)
+_LOGIT_BIAS_WIDTH, _STOP_IDS_WIDTH, _BAD_WORDS_WIDTH, _BAD_WORDS_COUNT, _LOGPROB_IDS_WIDTH = 1024, 128, 1024, 128, 128
+
+
+def model_runner_v2_state_bytes(max_num_seqs: int, max_num_batched_tokens: int, vocab_size: int, *,
+                                last_stage: bool = True) -> dict[str, int]:
+    """Device tensors Model Runner V2 allocates after vLLM's start-up snapshot and outside "Model loading
+    took", so vLLM 0.27+ counts them in its "consumed memory (weights + non-torch)": by reason, in bytes.
+
+    R = max_num_seqs, T = max_num_batched_tokens, V = vocabulary (int32 unless said). Pinned host (UVA)
+    tensors, e.g. RequestState.all_token_ids, take no device memory and are left out.
+    - sampler state (the last pipeline stage, which samples): mirrors vLLM 0.27 v1/worker/gpu/sample/
+      penalties.py (output_bin_counts R x V, prompt_bin_mask R x ceil(V/32)), logit_bias.py (allowed token
+      ids, logit-bias ids and float32 biases, R x 1024 each; stop ids R x 128), bad_words.py (R x 1024 ids,
+      R x 129 offsets), logprob.py LogprobTokenIdsState (R x 128), gpu/structured_outputs.py (logits indices R,
+      grammar bitmask R x ceil(V/32));
+    - request and input buffers: mirrors vLLM 0.27 v1/worker/gpu/states.py RequestState (total_len and
+      num_computed_tokens R, last_sampled_tokens R int64, next_prefill_tokens R) and input_batch.py
+      InputBuffers (input_ids T, positions T int64, is_padding T bool, query_start_loc R + 1, seq_lens and
+      dcp_local_seq_lens R).
+    """
+    r, t = max_num_seqs, max_num_batched_tokens
+    words = -(-vocab_size // 32)
+    parts = {RUNNER_INPUTS_DETAIL: r * 4 * 2 + r * 8 + r * 4 + t * (4 + 8 + 1) + (r + 1) * 4 + 2 * r * 4}
+    if last_stage:
+        parts[RUNNER_SAMPLER_DETAIL] = (
+            r * vocab_size * 4 + r * words * 4                        # penalties: output bin counts, prompt mask
+            + 3 * r * _LOGIT_BIAS_WIDTH * 4 + r * _STOP_IDS_WIDTH * 4  # logit bias: two id tables, biases, stops
+            + r * _BAD_WORDS_WIDTH * 4 + r * (_BAD_WORDS_COUNT + 1) * 4  # bad words: ids and offsets
+            + r * _LOGPROB_IDS_WIDTH * 4                              # logprob token ids
+            + r * 4 + r * words * 4)                                  # structured outputs: indices, bitmask
+    return parts

@@ -149,6 +149,7 @@ class Measurements:
     non_torch_method: str = "measured"
     cuda_graph_method: str = "measured"
     weight_buffers: Any = None           # kvadvise.plan.vllm_buffers.VllmWeightBuffers, part of weights_bytes
+    non_torch_buffers: Any = None        # vLLM's runner state inside non_torch_bytes (runner_state_bytes), by reason
 
     def complete(self) -> bool:
         return None not in (self.weights_bytes, self.activation_peak_bytes, self.non_torch_bytes,
@@ -158,7 +159,7 @@ class Measurements:
         assert self.complete()
         return NonKvMemory(self.weights_bytes, self.activation_peak_bytes, self.non_torch_bytes,
                            self.cuda_graph_bytes, self.weights_method, self.activation_peak_method,
-                           self.non_torch_method, self.cuda_graph_method)
+                           self.non_torch_method, self.cuda_graph_method, self.non_torch_buffers)
 
 
 @dataclass(frozen=True)
@@ -339,6 +340,11 @@ def run_profile(settings: ProfileSettings, spec: Any, device: Device, workload: 
                                       "snapshot (another process freed memory?); counted as measured, as vLLM does")
         else:
             _host_non_torch(settings, target, state)
+        runner_state = runner_state_bytes(settings, spec, tokens, seqs)
+        if runner_state:
+            state.measurements = replace(
+                state.measurements, non_torch_buffers=runner_state,
+                non_torch_bytes=state.measurements.non_torch_bytes + sum(runner_state.values()))
         progress(phase, "done")
 
         # ---- 5. CUDA graphs
@@ -368,6 +374,18 @@ def run_profile(settings: ProfileSettings, spec: Any, device: Device, workload: 
         _release(device, workload)
 
     return _advise(settings, spec, state, target)
+
+
+def runner_state_bytes(settings: ProfileSettings, spec: Any, tokens: int, seqs: int) -> Optional[dict]:
+    """vLLM's model-runner state that this process does not allocate but vLLM counts in its non-KV memory:
+    Model Runner V2's request, input and sampler tensors (kvadvise/plan/vllm_buffers.py), computed from the
+    batch settings; None for the V1 runner (its persistent buffers are in no term of vLLM's 0.10.2-0.12 sizing)."""
+    if settings.resolved_model_runner != "v2":
+        return None
+    from kvadvise.plan.vllm_buffers import model_runner_v2_state_bytes
+
+    last = settings.partition is None or settings.stage == len(settings.partition) - 1
+    return model_runner_v2_state_bytes(seqs, tokens, spec.vocab_size, last_stage=last)
 
 
 def _capture_sizes(settings: ProfileSettings, graph_sizes: Optional[Callable[[int, int], Sequence[int]]],

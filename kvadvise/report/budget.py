@@ -56,6 +56,9 @@ def memory_block(memory: Any, weight_buffers: Any = None) -> dict[str, Any]:
     block["weights_vllm_buffers_bytes"] = None if buffers is None else buffers.total_bytes
     block["weights_vllm_buffers_method"] = None if buffers is None else buffers.method
     block["weights_vllm_buffers"] = None if buffers is None else buffers.detail()
+    runner = getattr(memory, "non_torch_vllm_buffers", None) or getattr(memory, "non_torch_buffers", None)
+    block["non_torch_vllm_buffers_bytes"] = None if not runner else sum(runner.values())
+    block["non_torch_vllm_buffers"] = None if not runner else dict(runner)
     return block
 
 
@@ -216,6 +219,10 @@ def render_budget(document: dict[str, Any], console: Any) -> None:
             table.add_row(Text(f"    incl. vLLM-only buffers ({parts})", style="dim"),
                           gib(memory["weights_vllm_buffers_bytes"]), bytes_text(memory["weights_vllm_buffers_bytes"]),
                           memory["weights_vllm_buffers_method"])
+        if term == "non_torch" and memory.get("non_torch_vllm_buffers_bytes"):
+            table.add_row(Text("    incl. vLLM's Model Runner V2 state (sampler, requests, inputs)", style="dim"),
+                          gib(memory["non_torch_vllm_buffers_bytes"]),
+                          bytes_text(memory["non_torch_vllm_buffers_bytes"]), "computed")
     table.add_row(Text("  non-KV total", style="bold"), gib(memory["non_kv_bytes"]), bytes_text(memory["non_kv_bytes"]),
                   "")
     if advice is not None:
