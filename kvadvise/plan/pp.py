@@ -865,6 +865,7 @@ def estimate_stage_non_kv(spec: ModelSpec, partition: Sequence[int], cards: Sequ
     from kvadvise.estimate.activation import analytic_activation_bytes
     from kvadvise.plan.dummy import cublas_workspace_bytes_for_family, plan_dummy_run, vllm_default_batch
     from kvadvise.profile.sampler import sampler_rule   # plain arithmetic: imports no torch
+    from kvadvise.plan.vllm_buffers import model_runner_v2_state_bytes
 
     rule = sampler_rule(settings.vllm_version, model_runner)[0]
 
@@ -882,7 +883,11 @@ def estimate_stage_non_kv(spec: ModelSpec, partition: Sequence[int], cards: Sequ
         workspace, _known = cublas_workspace_bytes_for_family(card.family)
         activation = analytic_activation_bytes(spec, run, dtype=spec.dtype, tensor_parallel_size=tp,
                                                run_sampler=s == n - 1, sampler_rule=rule) + workspace
+        # Model Runner V2 (0.33): its request, input and sampler state, counted by vLLM with non-torch memory
+        runner_state = (sum(model_runner_v2_state_bytes(max_num_seqs or seqs_default, run.num_tokens,
+                                                        spec.vocab_size, last_stage=s == n - 1).values())
+                        if rule == "0.33" else 0)
         result.append(StageNonKv(weights_bytes=weights, activation_peak_bytes=activation,
-                                 non_torch_bytes=ESTIMATED_NON_TORCH_BYTES,
+                                 non_torch_bytes=ESTIMATED_NON_TORCH_BYTES + runner_state,
                                  cuda_graph_bytes=ESTIMATED_CUDA_GRAPH_BYTES, method="estimated"))
     return tuple(result), layer_weights
