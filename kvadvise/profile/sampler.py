@@ -50,8 +50,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-MIRRORED_VERSIONS = ("0.10.2", "0.11", "0.12", "0.33")
-
 # mirrors vLLM 0.11 v1/sample/sampler.py _SAMPLING_EPS
 _SAMPLING_EPS = 1e-5
 # bytes per row and vocabulary entry at this sampler's traced peak, beyond the logits in the model dtype
@@ -133,8 +131,8 @@ def sampler_bytes(vllm_version: str, rows: int, vocab_size: int, hidden_size: in
 
 def runtime_sampler_excess_bytes(rows: int, vocab_size: int) -> int:
     """What requests with temperature / top-k / top-p add to Model Runner V2's sampler beyond its profile run:
-    at least `apply_sampling_params`' float32 copy of the logits (4 bytes an entry; vLLM 0.33 gpu/sample/
-    sampler.py), more with FlashInfer's masked logits and softmax. vLLM does not count it, nor do we."""
+    at least `apply_sampling_params`' float32 copy of the logits (4 bytes an entry; Model Runner V2's
+    v1/worker/gpu/sample/sampler.py), more with FlashInfer's masked logits and softmax. vLLM does not count it, nor do we."""
     return rows * vocab_size * 4
 
 
@@ -147,9 +145,9 @@ def sampler_warning(vllm_version: str, rows: int, vocab_size: int, model_runner:
         return (f"vLLM {vllm_version}'s profile run is mirrored as Model Runner V2's (its default runner): a greedy "
                 f"argmax over the {rows} x {vocab_size} logits, no float32 copy, no top-k/top-p; if vLLM runs the V1 "
                 f"runner (VLLM_USE_V2_MODEL_RUNNER=0, or a feature V2 lacks) its peak is about {v1_more} bytes "
-                "higher (36 bytes a row and entry): pass --model-runner v1. As vLLM notes, real top-k/top-p requests make the sampler allocate "
-                f"at least {runtime_sampler_excess_bytes(rows, vocab_size)} bytes more than profiled (a float32 copy "
-                "of the logits): inside --util's headroom for 'fit', not for 'full'")
+                "higher (36 bytes a row and entry): pass --model-runner v1. As vLLM notes, real top-k/top-p "
+                f"requests make the sampler allocate at least {runtime_sampler_excess_bytes(rows, vocab_size)} bytes "
+                "more than profiled (a float32 copy of the logits): inside --util's headroom for 'fit', not for 'full'")
     if own:
         return None
     if _version_key(vllm_version) == (0, 33):
