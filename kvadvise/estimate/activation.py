@@ -110,7 +110,7 @@ def trace_activation(model: Any, spec: Any, plan: Any, *, shape: Any, fake_mode:
         # are live (adopted) before the peak is reset, exactly as there
         tracker.adopt(model_tensors(model))
         with tracker:
-            inputs = make_dummy_inputs(plan, model, device="cpu")
+            inputs = make_dummy_inputs(plan, model, device="cpu", sampler_rule=sampler_rule)
             before = tracker.reset_peak()
             dummy_run(model, spec, plan, device="cpu", run_sampler=run_sampler, sampler_version=sampler_rule,
                       shape=shape, inputs=inputs, cublas_workspace_bytes=cublas_workspace_bytes)

@@ -330,12 +330,12 @@ def dummy_run(model, spec: ModelSpec, plan: DummyRunPlan, *, device, run_sampler
 
     parts = locate_parts(model)
     own_inputs = inputs is None
+    rule = sampler_rule(sampler_version)[0]
     hidden_states = last_hidden_states = index = indices = cublas_workspace = encoder_kept = None
     try:
         with torch.inference_mode(), profile_implementations(model):
             if own_inputs:
-                inputs = make_dummy_inputs(plan, model, device=device,
-                                           sampler_rule=sampler_rule(sampler_version)[0])
+                inputs = make_dummy_inputs(plan, model, device=device, sampler_rule=rule)
             cublas_workspace = (torch.empty(cublas_workspace_bytes, dtype=torch.uint8, device=device)
                                 if cublas_workspace_bytes > 0 else None)
             encoder_kept = (_profile_encoder(model, plan.num_tokens, device)
@@ -348,7 +348,7 @@ def dummy_run(model, spec: ModelSpec, plan: DummyRunPlan, *, device, run_sampler
                 inputs.intermediate = (torch.zeros((plan.num_tokens, hidden), dtype=dtype, device=device),
                                        torch.zeros((plan.num_tokens, hidden), dtype=dtype, device=device))
             hidden_states = _forward(parts, inputs, plan.num_tokens)
-            if run_sampler and parts.lm_head is not None and sampler_rule(sampler_version)[0] == "0.33":
+            if run_sampler and parts.lm_head is not None and rule == "0.33":
                 # mirrors vLLM 0.33 v1/worker/gpu/model_runner.py _dummy_run: sample_hidden_states =
                 # hidden_states[input_batch.logits_indices] (a persistent index buffer, then a copy)
                 indices = inputs.logits_indices
