@@ -768,7 +768,9 @@ def test_model_runner_sets_the_last_stages_sampler_share():
 
     args = (QWEN8, "--partition", "18,18", "--gpu", "rtx4090", "--parameter-counts")
     v2 = run_json(*args)["stages"]
-    v1 = run_json(*args, "--model-runner", "v1")["stages"]
+    v1_document = run_json(*args, "--model-runner", "v1")
+    v1 = v1_document["stages"]
+    assert v1_document["inputs"]["model_runner"] == "v1"
     assert v1[0]["activation_peak_bytes"] == v2[0]["activation_peak_bytes"]
     assert v1[1]["activation_peak_bytes"] - v2[1]["activation_peak_bytes"] == (
         v1_sampler_bytes(256, 151936, 4096, 2) - v2_sampler_bytes(256, 151936, 2))

@@ -526,6 +526,7 @@ def pp_split(
             "max_num_batched_tokens": settings.max_num_batched_tokens,
             "max_num_seqs": seqs,
             "vllm_version": settings.vllm_version,
+            "model_runner": model_runner,
         }
         document = make_document("pp-split", inputs, pp_split_json(plan, way), warnings)
         error = None
