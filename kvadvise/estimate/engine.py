@@ -120,12 +120,11 @@ def estimate(spec: Any, settings: Any, card: TargetCard, *, non_torch_bytes: Opt
     from kvadvise.estimate.weights import ShardPlan, estimate_weights
     from kvadvise.plan import dummy
     from kvadvise.profile import session
-    from kvadvise.profile.build import ShardShape, quiet_transformers, resolve_dtype
+    from kvadvise.profile.build import quiet_transformers, resolve_dtype
     from kvadvise.profile.sampler import sampler_warning
 
     warnings: list[str] = []
-    shape = ShardShape(tensor_parallel_size=settings.tensor_parallel_size, partition=settings.partition,
-                       stage=settings.stage)
+    shape = settings.shard_shape
     dtype = resolve_dtype(spec, settings.dtype)
     tokens, seqs = settings.max_num_batched_tokens, settings.max_num_seqs
     if tokens is None or seqs is None:

@@ -85,6 +85,13 @@ class ProfileSettings:
     def pipeline_parallel_size(self) -> int:
         return 1 if self.partition is None else len(self.partition)
 
+    @property
+    def shard_shape(self) -> Any:
+        """The rank these settings measure (kvadvise.profile.build.ShardShape: TP size, partition, stage)."""
+        from kvadvise.profile.build import ShardShape
+
+        return ShardShape(tensor_parallel_size=self.tensor_parallel_size, partition=self.partition, stage=self.stage)
+
 
 @dataclass(frozen=True)
 class TargetDevice:
@@ -384,8 +391,7 @@ def runner_state_bytes(settings: ProfileSettings, spec: Any, tokens: int, seqs: 
         return None
     from kvadvise.plan.vllm_buffers import model_runner_v2_state_bytes
 
-    last = settings.partition is None or settings.stage == len(settings.partition) - 1
-    return model_runner_v2_state_bytes(seqs, tokens, spec.vocab_size, last_stage=last)
+    return model_runner_v2_state_bytes(seqs, tokens, spec.vocab_size, last_stage=settings.shard_shape.is_last_stage)
 
 
 def _capture_sizes(settings: ProfileSettings, graph_sizes: Optional[Callable[[int, int], Sequence[int]]],
@@ -751,10 +757,7 @@ class TorchWorkload:
         self.warnings: list[str] = []
 
     def _shape(self) -> Any:
-        from kvadvise.profile.build import ShardShape
-
-        return ShardShape(tensor_parallel_size=self.settings.tensor_parallel_size,
-                          partition=self.settings.partition, stage=self.settings.stage)
+        return self.settings.shard_shape
 
     def load(self) -> Optional[int]:
         from kvadvise.profile.build import build_model, quiet_transformers, tensor_bytes
